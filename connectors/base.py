@@ -1,0 +1,88 @@
+"""The one small interface every connector offers, and the types it speaks.
+
+A connector receives a query that the gateway has already authorised and
+trimmed to visible columns; it checks identifiers against the source's own
+schema, binds every value, enforces its limits and returns JSON-ready rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "like", "is null", "is not null")
+NULL_OPERATORS = ("is null", "is not null")
+LIST_OPERATORS = ("in", "not in")
+MAX_LIST_VALUES = 1000
+
+JSONValue = None | bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    column: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    column: str
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TableQuery:
+    table: str  # "schema.table" or "table", as the catalog names it
+    columns: Sequence[str]  # columns to fetch, in answer order
+    where: Sequence[Filter] = ()
+    order_by: Sequence[SortKey] = ()
+    limit: int = 100
+    after: Any = None  # a position a previous Page returned, or None for the first page
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    type: str
+    nullable: bool
+    primary_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    columns: Sequence[str]
+    rows: list[dict[str, JSONValue]]
+    after: Any  # JSON-serialisable position of the next page, None on the last page
+    source_ms: float
+
+
+class ConnectorError(Exception):
+    """Base of what connectors raise; the gateway maps each kind to its answer."""
+
+
+class InvalidQuery(ConnectorError):
+    """The query names something that is not there or a value of the wrong kind (the caller's fault)."""
+
+
+class SourceUnavailable(ConnectorError):
+    """The source failed or cannot be reached."""
+
+
+class SourceTimedOut(ConnectorError):
+    """The source did not answer within its time limit."""
+
+
+class MissingTable(ConnectorError):
+    """A catalog table that the source does not have."""
+
+
+class TableSource(Protocol):
+    async def prepare(self, tables: Sequence[str]) -> None: ...
+
+    async def columns(self, table: str) -> list[ColumnInfo]: ...
+
+    async def fetch(self, query: TableQuery) -> Page: ...
+
+    async def close(self) -> None: ...

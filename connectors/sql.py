@@ -1,0 +1,391 @@
+"""SQL sources through SQLAlchemy's async engines (PostgreSQL, MariaDB/MySQL, SQLite).
+
+Tables are reflected once and every identifier is checked against the
+reflection; values are bound, never spliced; sessions are read-only and carry
+a server-side statement timeout as well as the client-side one; pages are
+keyset-paginated on the order keys plus the primary key, so a position stays
+valid on any replica and under concurrent inserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import math
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table, and_, case, false, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from connectors.base import (
+    LIST_OPERATORS,
+    MAX_LIST_VALUES,
+    ColumnInfo,
+    Filter,
+    InvalidQuery,
+    JSONValue,
+    MissingTable,
+    Page,
+    SourceTimedOut,
+    SourceUnavailable,
+    TableQuery,
+)
+
+# Errors by which a server says "your statement ran out of time".
+_TIMEOUT_MARKERS = ("statement timeout", "canceling statement", "max_statement_time", "interrupted")
+
+
+def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_only: bool = True) -> AsyncEngine:
+    """An async engine whose sessions are read-only and time-limited on the server too."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
+    if backend == "postgresql":
+        settings = {"statement_timeout": str(int(timeout_seconds * 1000))}
+        if read_only:
+            settings["default_transaction_read_only"] = "on"
+        connect_args["server_settings"] = settings
+        connect_args["timeout"] = min(timeout_seconds, 10.0)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds)
+    elif backend in ("mysql", "mariadb"):
+        init = f"SET SESSION max_statement_time={timeout_seconds:g}"
+        if read_only:
+            init += ", SESSION tx_read_only=1"
+        connect_args["init_command"] = init
+        connect_args["connect_timeout"] = max(1, int(min(timeout_seconds, 10.0)))
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds, pool_recycle=3600)
+    elif backend == "sqlite" and read_only:
+        # Opened through a URI in read-only mode: the source file is never written by the gateway.
+        parsed = parsed.set(database=f"file:{parsed.database}?mode=ro", query={"uri": "true"})
+    return create_async_engine(parsed, **kwargs, connect_args=connect_args)
+
+
+def seed_sqlite(url: str, seed: Path) -> bool:
+    """Create a SQLite source from a seed script on first run; True when it did."""
+    database = make_url(url).database
+    assert database
+    target = Path(database)
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".seeding")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp)
+    try:
+        conn.executescript(seed.read_text(encoding="utf-8"))
+        conn.commit()
+    finally:
+        conn.close()
+    tmp.replace(target)  # atomic: a crash mid-seed never leaves a half-made source
+    return True
+
+
+class SqlConnector:
+    def __init__(self, name: str, engine: AsyncEngine, *, timeout_seconds: float):
+        self.name = name
+        self._engine = engine
+        self._timeout = timeout_seconds
+        self._tables: dict[str, Table] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    async def prepare(self, tables: Sequence[str]) -> None:
+        """Reflect the catalog's tables; MissingTable names the first that does not exist."""
+        for table in tables:
+            await self._table(table)
+
+    async def columns(self, table: str) -> list[ColumnInfo]:
+        t = await self._table(table)
+        return [ColumnInfo(c.name, _type_name(c), bool(c.nullable), bool(c.primary_key)) for c in t.columns]
+
+    async def fetch(self, query: TableQuery) -> Page:
+        t = await self._table(query.table)
+        stmt, keys = self._statement(t, query)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._engine.connect() as conn:
+                    result = await conn.execute(stmt)
+                    raw = result.fetchall()
+        except TimeoutError:
+            raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
+        except DBAPIError as exc:
+            text = str(exc.orig).lower()
+            if any(marker in text for marker in _TIMEOUT_MARKERS):
+                raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
+            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
+        source_ms = (time.perf_counter() - started) * 1000
+        more = len(raw) > query.limit
+        raw = raw[: query.limit]
+        n = len(query.columns)
+        rows = [{name: _jsonable(value) for name, value in zip(query.columns, r, strict=False)} for r in raw]
+        after: Any = None
+        if more and raw:
+            last = raw[-1]
+            if keys is None:
+                offset = int(query.after["o"]) if isinstance(query.after, dict) and "o" in query.after else 0
+                after = {"o": offset + len(raw)}
+            else:
+                after = {"k": [_tag(v) for v in last[n:]]}
+        return Page(columns=list(query.columns), rows=rows, after=after, source_ms=source_ms)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def _table(self, table: str) -> Table:
+        hit = self._tables.get(table)
+        if hit is not None:
+            return hit
+        async with self._lock:
+            hit = self._tables.get(table)
+            if hit is not None:
+                return hit
+            schema, _, name = table.rpartition(".")
+            try:
+                async with asyncio.timeout(self._timeout):
+                    async with self._engine.connect() as conn:
+                        reflected = await conn.run_sync(
+                            lambda sync: Table(name, MetaData(), schema=schema or None, autoload_with=sync))
+            except NoSuchTableError:
+                raise MissingTable(f"source {self.name!r} has no table {table!r}") from None
+            except TimeoutError:
+                raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
+            except (SQLAlchemyError, OSError) as exc:
+                raise SourceUnavailable(f"source {self.name!r} cannot be reached: {_short(exc)}") from exc
+            if not reflected.columns:
+                raise MissingTable(f"source {self.name!r} has no table {table!r}")
+            self._tables[table] = reflected
+            return reflected
+
+    def _statement(self, t: Table, q: TableQuery) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
+        cols = [_column(t, name) for name in q.columns]
+        conditions = [_condition(_column(t, f.column), f) for f in q.where]
+        order: list[tuple[Column[Any], bool]] = [(_column(t, k.column), k.descending) for k in q.order_by]
+        pk = list(t.primary_key.columns)
+        keys: list[tuple[Column[Any], bool]] | None = list(order)
+        if pk:
+            named = {c.name for c, _ in order}
+            keys = order + [(c, False) for c in pk if c.name not in named]
+        else:
+            keys = None  # no unique key to page on: fall back to an offset position
+        order_sql: list[Any] = []
+        for col, desc in (keys if keys is not None else order):
+            # One NULL order on every dialect: NULLs after values ascending, before them descending.
+            if col.nullable:
+                flag = case((col.is_(None), 1), else_=0)
+                order_sql.append(flag.desc() if desc else flag.asc())
+            order_sql.append(col.desc() if desc else col.asc())
+        stmt = select(*cols, *[c.label(f"__k{i}") for i, (c, _) in enumerate(keys or [])])
+        if conditions:
+            stmt = stmt.where(and_(*conditions))
+        if q.after is not None:
+            if keys is None:
+                offset = q.after.get("o") if isinstance(q.after, dict) else None
+                if not isinstance(offset, int) or offset < 0:
+                    raise InvalidQuery("the cursor does not fit this query")
+                stmt = stmt.offset(offset)
+            else:
+                values = q.after.get("k") if isinstance(q.after, dict) else None
+                if not isinstance(values, list) or len(values) != len(keys):
+                    raise InvalidQuery("the cursor does not fit this query")
+                stmt = stmt.where(_after(keys, [_untag(v) for v in values]))
+        if order_sql:
+            stmt = stmt.order_by(*order_sql)
+        return stmt.limit(q.limit + 1), keys
+
+
+def _column(t: Table, name: str) -> Column[Any]:
+    col = t.columns.get(name)
+    if col is None:
+        raise InvalidQuery(f"unknown column {name!r}")
+    return col
+
+
+def _after(keys: list[tuple[Column[Any], bool]], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after the position `values` in the order of `keys` (NULLs as ordered above)."""
+    disjuncts: list[ColumnElement[bool]] = []
+    equal: list[ColumnElement[bool]] = []
+    for (col, desc), value in zip(keys, values, strict=True):
+        if value is None:
+            beyond: ColumnElement[bool] | None = col.is_not(None) if desc else None
+            same: ColumnElement[bool] = col.is_(None)
+        else:
+            if desc:
+                beyond = col < value
+            else:
+                beyond = or_(col > value, col.is_(None)) if col.nullable else col > value
+            same = col == value
+        if beyond is not None:
+            disjuncts.append(and_(*equal, beyond) if equal else beyond)
+        equal.append(same)
+    return or_(*disjuncts) if disjuncts else false()
+
+
+def _condition(col: Column[Any], f: Filter) -> ColumnElement[bool]:
+    op = f.op
+    if op == "is null":
+        return col.is_(None)
+    if op == "is not null":
+        return col.is_not(None)
+    if op in LIST_OPERATORS:
+        if not isinstance(f.value, list) or not 1 <= len(f.value) <= MAX_LIST_VALUES:
+            raise InvalidQuery(f"{op!r} on {col.name!r} takes a list of 1 to {MAX_LIST_VALUES} values")
+        values = [_coerce(col, v) for v in f.value]
+        return col.in_(values) if op == "in" else col.not_in(values)
+    if op == "like":
+        if not isinstance(f.value, str):
+            raise InvalidQuery(f"'like' on {col.name!r} takes a string pattern")
+        return col.like(f.value)
+    value = _coerce(col, f.value)
+    if value is None:
+        raise InvalidQuery(f"compare {col.name!r} with null using 'is null' or 'is not null'")
+    comparisons = {"=": col.__eq__, "!=": col.__ne__, "<": col.__lt__, "<=": col.__le__,
+                   ">": col.__gt__, ">=": col.__ge__}
+    try:
+        return comparisons[op](value)
+    except KeyError:
+        raise InvalidQuery(f"unknown operator {op!r}") from None
+
+
+def _python_type(col: Column[Any]) -> type | None:
+    try:
+        return col.type.python_type
+    except NotImplementedError:
+        return None
+
+
+def _coerce(col: Column[Any], value: Any) -> Any:
+    """A JSON value -> the Python value the driver binds for this column, or InvalidQuery."""
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise InvalidQuery(f"a value for {col.name!r} must be a string, number or boolean")
+    kind = _python_type(col)
+    bad = InvalidQuery(f"{value!r} is not a valid value for {col.name!r} ({_type_name(col)})")
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+            return value
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            return float(value)
+        if kind is Decimal:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise bad
+            number = Decimal(str(value))
+            if not number.is_finite():
+                raise bad
+            return number
+        if kind is str:
+            if not isinstance(value, str):
+                raise bad
+            return value
+        if kind is dt.datetime:
+            if not isinstance(value, str):
+                raise bad
+            moment = dt.datetime.fromisoformat(value)
+            if getattr(col.type, "timezone", False):
+                return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
+        if kind is dt.date:
+            if not isinstance(value, str):
+                raise bad
+            return dt.date.fromisoformat(value)
+        if kind is dt.time:
+            if not isinstance(value, str):
+                raise bad
+            return dt.time.fromisoformat(value)
+        if kind is uuid.UUID:
+            return uuid.UUID(str(value))
+    except (ValueError, InvalidOperation, TypeError):
+        raise bad from None
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise bad
+
+
+def _jsonable(value: Any) -> JSONValue:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        return str(value)  # a string, to stay exact
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    return str(value)
+
+
+# Cursor positions carry typed values, so that a date is bound as a date on the next page.
+def _tag(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return {"f": repr(value)}
+    if isinstance(value, Decimal):
+        return {"d": str(value)}
+    if isinstance(value, dt.datetime):
+        return {"dt": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"da": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {"t": value.isoformat()}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, uuid.UUID):
+        return {"u": str(value)}
+    return {"s": str(value)}
+
+
+_UNTAG: dict[str, Callable[[str], Any]] = {
+    "f": float, "d": Decimal, "dt": dt.datetime.fromisoformat, "da": dt.date.fromisoformat,
+    "t": dt.time.fromisoformat, "b": base64.b64decode, "u": uuid.UUID, "s": str,
+}
+
+
+def _untag(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    try:
+        (kind, text), = value.items()
+        return _UNTAG[kind](text)
+    except (ValueError, KeyError, TypeError, InvalidOperation):
+        raise InvalidQuery("the cursor does not fit this query") from None
+
+
+def _type_name(col: Column[Any]) -> str:
+    try:
+        return str(col.type.compile()).lower()
+    except Exception:  # a dialect-only type without a generic rendering
+        return type(col.type).__name__.lower()
+
+
+def _short(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {str(orig or exc).splitlines()[0][:200]}"

@@ -1,0 +1,48 @@
+"""Small HTTP helpers shared by the routes: request ids, bounded bodies, JSON answers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, error_body
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The body, or (b"", True) once it is over `limit` bytes; never buffers more than limit + one chunk."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+def raw_json(status: int, body: bytes, request_id: str, headers: Mapping[str, str] | None = None) -> Response:
+    out = {"X-Request-Id": request_id, "Cache-Control": "no-store"}
+    if headers:
+        out.update(headers)
+    return Response(content=body, status_code=status, media_type="application/json", headers=out)
+
+
+def json_answer(status: int, payload: Mapping[str, Any], request_id: str,
+                headers: Mapping[str, str] | None = None) -> Response:
+    return raw_json(status, json.dumps(payload, separators=(",", ":")).encode(), request_id, headers)
+
+
+def error_answer(exc: GatewayError, request_id: str) -> Response:
+    return json_answer(exc.status, error_body(exc.code, exc.message, request_id), request_id, exc.headers)

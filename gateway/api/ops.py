@@ -1,0 +1,47 @@
+"""Health, readiness and metrics: for load balancers and Prometheus, no token needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.store import ping
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    holder = state.policies
+    body: dict[str, object] = {"status": "ready"}
+    if holder.refused:
+        # The last good policy still serves; say what was refused and why.
+        body["refused"] = holder.refused
+    if holder.current is None:
+        body.update(status="unavailable", reason="no valid policy is loaded")
+        return JSONResponse(body, 503)
+    try:
+        async with asyncio.timeout(2.0):
+            await ping(state.store)
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "reason": f"store unreachable: {type(exc).__name__}"}, 503)
+    body["policy"] = {"dir": str(holder.current.dir), "datasets": len(holder.current.catalog.datasets),
+                      "rules": len(holder.current.rules)}
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

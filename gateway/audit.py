@@ -1,0 +1,273 @@
+"""The audit trail: typed records, a hash chain, durable group-committed writes,
+and the reading side (list, export, verify).
+
+Audit before answer: ``AuditTrail.record`` returns only once the record is
+committed. Concurrent requests share one transaction (group commit), which is
+where throughput comes from; each waits for its own commit. The chain is
+extended under a lock in the store (an advisory lock on PostgreSQL, BEGIN
+IMMEDIATE on SQLite), so replicas writing at once still form one chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.errors import Unavailable
+from gateway.store import audit as audit_table
+
+log = logging.getLogger("agentgate.audit")
+
+GENESIS = "0" * 64
+_CHAIN_LOCK = 7243002
+DECISIONS = ("allow", "deny", "pending", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    time: dt.datetime
+    request_id: str
+    action: str
+    decision: str
+    status: int
+    agent: str | None = None
+    on_behalf_of: str | None = None
+    work_unit: str | None = None
+    dataset: str | None = None
+    query: str | None = None
+    reason: str | None = None
+    rows: int | None = None
+    bytes: int | None = None
+    duration_ms: float | None = None
+    source_ms: float | None = None
+    response_sha256: str | None = None
+    approved_by: str | None = None
+    rule: str | None = None
+    columns: str | None = None
+    masked: str | None = None
+    transport: str | None = None
+    id: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready; the order is the contract's."""
+        out = asdict(self)
+        out["time"] = format_time(self.time)
+        return {name: out[name] for name in FIELD_ORDER}
+
+
+FIELD_ORDER = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
+               "decision", "reason", "status", "rows", "bytes", "duration_ms", "source_ms", "response_sha256",
+               "approved_by", "rule", "columns", "masked", "transport", "prev_hash", "hash")
+assert set(FIELD_ORDER) == {f.name for f in fields(AuditRecord)}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def format_time(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> dt.datetime:
+    """ISO 8601 (a trailing Z allowed); naive times are UTC."""
+    moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def canonical(record: AuditRecord) -> bytes:
+    """The bytes the chain hashes: every field but `hash`, in a fixed, typed-stable form."""
+    body = record.to_dict()
+    del body["hash"]
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(record: AuditRecord) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def _from_row(row: Any) -> AuditRecord:
+    values = dict(row._mapping)
+    moment = values["time"]
+    if isinstance(moment, str):
+        moment = parse_time(moment)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    values["time"] = moment
+    return AuditRecord(**values)
+
+
+class AuditTrail:
+    def __init__(self, engine: AsyncEngine, *, batch_max: int = 512, write_timeout: float = 5.0,
+                 observe: Callable[[float, int], None] | None = None):
+        self._engine = engine
+        self._batch_max = batch_max
+        self._timeout = write_timeout
+        self._observe = observe
+        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[AuditRecord]]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        if self._writer is None:
+            return
+        if not self._writer.done():
+            await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+
+    async def record(self, record: AuditRecord) -> AuditRecord:
+        """Returns the stored record once it is durable; raises Unavailable if it cannot be."""
+        if self._writer is None or self._writer.done():
+            raise Unavailable("the audit trail is not running; no data is served without an audit record")
+        fut: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((record, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    written = await self._write([r for r, _ in batch])
+            except Exception as exc:  # the store is down or refused: every waiter learns it
+                log.error("audit write failed for %d record(s): %s", len(batch), exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(Unavailable(
+                            "the audit record could not be written; no data is served without one",
+                            reason=f"audit write failed: {type(exc).__name__}"))
+                for _ in batch:
+                    self._queue.task_done()
+                continue
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started, len(batch))
+            for (_, fut), rec in zip(batch, written, strict=True):
+                if not fut.done():
+                    fut.set_result(rec)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write(self, records: list[AuditRecord]) -> list[AuditRecord]:
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK})"))
+            tail = (await conn.execute(
+                select(audit_table.c.id, audit_table.c.hash).order_by(audit_table.c.id.desc()).limit(1))).first()
+            next_id, prev = (tail.id + 1, tail.hash) if tail else (1, GENESIS)
+            out: list[AuditRecord] = []
+            for rec in records:
+                rec = replace(rec, id=next_id, prev_hash=prev)
+                rec = replace(rec, hash=chain_hash(rec))
+                out.append(rec)
+                prev, next_id = rec.hash, next_id + 1
+            await conn.execute(insert(audit_table), [asdict(r) for r in out])
+        return out
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    agent: str | None = None
+    dataset: str | None = None
+    decision: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    work_unit: str | None = None
+    on_behalf_of: str | None = None
+    before_id: int | None = None  # paging, newest first
+
+
+def _where(stmt: Any, f: AuditFilter) -> Any:
+    c = audit_table.c
+    if f.agent is not None:
+        stmt = stmt.where(c.agent == f.agent)
+    if f.dataset is not None:
+        # SQL mode records list several datasets, comma-separated.
+        stmt = stmt.where((c.dataset == f.dataset) | c.dataset.like(f"{f.dataset},%")
+                          | c.dataset.like(f"%,{f.dataset}") | c.dataset.like(f"%,{f.dataset},%"))
+    if f.decision is not None:
+        stmt = stmt.where(c.decision == f.decision)
+    if f.since is not None:
+        stmt = stmt.where(c.time >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(c.time < f.until)
+    if f.work_unit is not None:
+        stmt = stmt.where(c.work_unit == f.work_unit)
+    if f.on_behalf_of is not None:
+        stmt = stmt.where(c.on_behalf_of == f.on_behalf_of)
+    if f.before_id is not None:
+        stmt = stmt.where(c.id < f.before_id)
+    return stmt
+
+
+async def list_records(engine: AsyncEngine, f: AuditFilter, limit: int = 100) -> list[AuditRecord]:
+    stmt = _where(select(audit_table), f).order_by(audit_table.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [_from_row(r) for r in (await conn.execute(stmt)).fetchall()]
+
+
+async def iter_records(engine: AsyncEngine, f: AuditFilter | None = None,
+                       chunk: int = 1000) -> AsyncIterator[AuditRecord]:
+    """Oldest first, in chunks, so an export of millions of records stays in bounded memory."""
+    last = 0
+    while True:
+        stmt = select(audit_table).where(audit_table.c.id > last)
+        if f is not None:
+            stmt = _where(stmt, f)
+        stmt = stmt.order_by(audit_table.c.id).limit(chunk)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            rec = _from_row(row)
+            yield rec
+        last = rows[-1].id
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    count: int
+    bad_id: int | None = None
+    problem: str | None = None
+
+
+async def verify(engine: AsyncEngine) -> Verification:
+    """Walk the chain oldest first; name the first record that does not hold."""
+    prev, expected_id, count = GENESIS, None, 0
+    async for rec in iter_records(engine):
+        if expected_id is not None and rec.id != expected_id:
+            return Verification(False, count, rec.id, f"record {expected_id} is missing before record {rec.id}")
+        if rec.prev_hash != prev:
+            return Verification(False, count, rec.id, "prev_hash does not match the record before it "
+                                "(a record was deleted, inserted or reordered)")
+        if chain_hash(rec) != rec.hash:
+            return Verification(False, count, rec.id, "its content does not match its hash (the record was edited)")
+        prev, expected_id, count = rec.hash, rec.id + 1, count + 1
+    return Verification(True, count)

@@ -1,0 +1,276 @@
+"""The `agentgate` command. Each subcommand calls the same services as the gateway.
+
+Exit codes: 0 success, 1 a check found a fault, 2 bad arguments or a missing
+or unreadable config file (always with a one-line reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.config import Settings, find_config, load_settings
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_FAULT, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"agentgate: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", help="agentgate.toml (default: $AGENTGATE_CONFIG, else ./agentgate.toml)")
+    p = _Parser(prog="agentgate", description="A data-access gateway for AI agents.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", parents=[common], help="run the gateway")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("check", parents=[common], help="validate config, model, policy, catalog and policy tests")
+
+    t = sub.add_parser("token", help="tokens for development and demos").add_subparsers(
+        dest="token_command", required=True, parser_class=_Parser)
+    ti = t.add_parser("issue", parents=[common], help="mint a token with the configured HS* secret")
+    ti.add_argument("--agent", required=True)
+    ti.add_argument("--ttl", type=int, default=3600)
+    ti.add_argument("--on-behalf-of")
+
+    a = sub.add_parser("audit", help="read and verify the audit trail").add_subparsers(
+        dest="audit_command", required=True, parser_class=_Parser)
+    al = a.add_parser("list", parents=[common], help="read the trail, newest first")
+    al.add_argument("--agent")
+    al.add_argument("--dataset")
+    al.add_argument("--decision", choices=["allow", "deny", "pending", "error"])
+    al.add_argument("--since", help="ISO 8601 time")
+    al.add_argument("--until", help="ISO 8601 time")
+    al.add_argument("--work-unit")
+    al.add_argument("--on-behalf-of")
+    al.add_argument("--limit", type=int, default=100)
+    al.add_argument("--json", action="store_true")
+    a.add_parser("verify", parents=[common], help="check the hash chain")
+    ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
+    ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
+    ae.add_argument("--since", help="ISO 8601 time")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs the whole model at INFO on every load
+    config = find_config(getattr(args, "config", None))
+    if not config.is_file():
+        print(f"agentgate: config file {config} not found (use --config or $AGENTGATE_CONFIG)", file=sys.stderr)
+        return EXIT_USAGE
+    if not os.access(config, os.R_OK):
+        print(f"agentgate: config file {config} is not readable", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        print(f"agentgate: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    try:
+        if args.command == "serve":
+            return _serve(settings, args)
+        if args.command == "check":
+            return asyncio.run(_check(settings))
+        if args.command == "token":
+            return _token(settings, args)
+        if args.command == "audit":
+            return asyncio.run(_audit(settings, args))
+    except ConfigError as exc:
+        print(f"agentgate: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    except BrokenPipeError:  # `agentgate audit export | head`
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    # Validate everything before binding the port, so a bad file is one clear line, not a traceback.
+    code = asyncio.run(_preflight(settings))
+    if code != EXIT_OK:
+        return code
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    common: dict[str, Any] = dict(host=host, port=port, log_level=args.log_level, access_log=False,
+                                  proxy_headers=False, timeout_graceful_shutdown=10)
+    if args.workers > 1:
+        os.environ["AGENTGATE_CONFIG"] = str(settings.path)
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
+    return EXIT_OK
+
+
+async def _preflight(settings: Settings) -> int:
+    from gateway.app import load_checked_policy
+    from gateway.sources import check_tables, open_sources
+
+    try:
+        policy = await load_checked_policy(settings)
+        sources = await asyncio.to_thread(open_sources, settings.sources)
+        try:
+            await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml",
+                               strict_reachability=False)
+        finally:
+            for source in sources.values():
+                await source.close()
+    except ConfigError as exc:
+        print(f"agentgate: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    return EXIT_OK
+
+
+async def _check(settings: Settings) -> int:
+    from gateway.policy import lint, load_policy
+    from gateway.sources import check_tables, open_sources
+
+    faults: list[str] = []
+    print(f"config: {settings.path}: ok")
+    try:
+        policy = await asyncio.to_thread(load_policy, settings.policy.dir, settings.sources)
+    except ConfigError as exc:
+        print(f"FAIL {exc}")
+        return EXIT_FAULT
+    print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} role assignments, "
+          f"{len(policy.catalog.datasets)} datasets: ok")
+    sources = await asyncio.to_thread(open_sources, settings.sources)
+    try:
+        await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml", strict_reachability=True)
+        print("tables: every catalog table exists: ok")
+    except ConfigError as exc:
+        faults.append(str(exc))
+    finally:
+        for source in sources.values():
+            await source.close()
+    results = await policy.run_cases()
+    for i, r in enumerate(results, start=1):
+        got = "allow" if r.decision.allowed else "deny"
+        mark = "pass" if r.passed else "FAIL"
+        print(f"{mark} case {i}: {r.case.agent} {r.case.action} {r.case.dataset} -> {got} "
+              f"(expected {r.case.expect}; {r.decision.reason})")
+        if not r.passed:
+            faults.append(f"policy test case {i} fails")
+    if results:
+        print(f"policy tests: {sum(r.passed for r in results)} passed, {sum(not r.passed for r in results)} failed")
+    lint_faults, warnings = lint(policy)
+    faults.extend(lint_faults)
+    for w in warnings:
+        print(f"warning: {w}")
+    for f in faults:
+        print(f"FAIL {f}")
+    print("check: ok" if not faults else f"check: {len(faults)} fault(s)")
+    return EXIT_FAULT if faults else EXIT_OK
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    import jwt
+
+    hs = [a for a in settings.auth.algorithms if a.startswith("HS")]
+    if not hs or settings.auth.secret is None:
+        print("agentgate: token issue needs an HS* algorithm and [auth] secret in the config", file=sys.stderr)
+        return EXIT_FAULT
+    if args.ttl <= 0:
+        print("agentgate: --ttl must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": args.agent, "iat": now, "exp": now + args.ttl, "jti": uuid.uuid4().hex}
+    if settings.auth.audience:
+        claims["aud"] = settings.auth.audience
+    if settings.auth.issuer:
+        claims["iss"] = settings.auth.issuer
+    if args.on_behalf_of:
+        claims["on_behalf_of"] = args.on_behalf_of
+    print(jwt.encode(claims, settings.auth.secret.reveal(), algorithm=hs[0]))
+    return EXIT_OK
+
+
+async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import audit
+    from gateway.store import create_tables, make_store_engine
+
+    engine = make_store_engine(settings.store.url)
+    try:
+        await create_tables(engine)
+        if args.audit_command == "verify":
+            result = await audit.verify(engine)
+            if result.ok:
+                print(f"ok {result.count} records")
+                return EXIT_OK
+            print(f"FAIL record {result.bad_id}: {result.problem} ({result.count} records verified before it)")
+            return EXIT_FAULT
+        try:
+            since = audit.parse_time(args.since) if args.since else None
+            until = audit.parse_time(args.until) if getattr(args, "until", None) else None
+        except ValueError:
+            print("agentgate: --since/--until take an ISO 8601 time such as 2026-01-31T12:00:00Z", file=sys.stderr)
+            return EXIT_USAGE
+        if args.audit_command == "list":
+            f = audit.AuditFilter(agent=args.agent, dataset=args.dataset, decision=args.decision, since=since,
+                                  until=until, work_unit=args.work_unit, on_behalf_of=args.on_behalf_of)
+            records = await audit.list_records(engine, f, limit=max(1, args.limit))
+            if args.json:
+                print(json.dumps([r.to_dict() for r in records], indent=2))
+            else:
+                _print_table(records)
+            return EXIT_OK
+        out = sys.stdout
+        if args.format == "jsonl":
+            async for rec in audit.iter_records(engine, audit.AuditFilter(since=since)):
+                out.write(json.dumps(rec.to_dict(), separators=(",", ":")) + "\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=list(audit.FIELD_ORDER))
+            writer.writeheader()
+            async for rec in audit.iter_records(engine, audit.AuditFilter(since=since)):
+                writer.writerow(rec.to_dict())
+        out.flush()
+        return EXIT_OK
+    finally:
+        await engine.dispose()
+
+
+def _print_table(records: Sequence[Any]) -> None:
+    if not records:
+        print("no records")
+        return
+    head = ("id", "time", "agent", "action", "dataset", "decision", "status", "rows", "reason")
+    rows = [(str(r.id), r.to_dict()["time"][:23] + "Z", r.agent or "-", r.action, r.dataset or "-", r.decision,
+             str(r.status), "" if r.rows is None else str(r.rows), (r.reason or "")[:60]) for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

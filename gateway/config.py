@@ -1,0 +1,343 @@
+"""agentgate.toml -> typed, validated settings.
+
+The only place where ``${ENV}`` is expanded and relative paths are resolved.
+Every fault raises ``ConfigError`` naming the file, the key and the fault, so
+start-up stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = "agentgate.toml"
+ENV_CONFIG = "AGENTGATE_CONFIG"
+MAX_LEEWAY_SECONDS = 30.0
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Sync driver names users write, mapped to the async driver the gateway runs.
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+pg8000": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mysql+pymysql": "mysql+aiomysql",
+    "mysql+mysqldb": "mysql+aiomysql",
+    "mysql+aiomysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
+    "mariadb+pymysql": "mysql+aiomysql",
+    "mariadb+aiomysql": "mysql+aiomysql",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+class Secret:
+    """A string that never shows itself in a repr or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    request_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class SqlModeSettings:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    ttl_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    algorithms: tuple[str, ...] = ("HS256",)
+    secret: Secret | None = None
+    public_key_file: Path | None = None
+    jwks_url: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+    leeway_seconds: float = 10.0
+    jwks_cache_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = "sqlite+aiosqlite:///agentgate.db"
+
+    @property
+    def dialect(self) -> str:
+        return make_url(self.url).get_backend_name()
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    dir: Path = Path("policies")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    kind: str  # "sql" or "http"
+    url: str  # async SQLAlchemy URL, or http(s) base URL
+    headers: Mapping[str, Secret] = field(default_factory=dict)
+    seed: Path | None = None  # SQLite only: SQL script that creates the file on first run
+    timeout_seconds: float = 10.0
+    pool_size: int = 10
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    server: ServerSettings
+    sql: SqlModeSettings
+    approvals: ApprovalSettings
+    auth: AuthSettings
+    store: StoreSettings
+    policy: PolicySettings
+    sources: Mapping[str, SourceSettings]
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`--config`, else $AGENTGATE_CONFIG, else ./agentgate.toml."""
+    env = os.environ if environ is None else environ
+    return Path(explicit or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+
+
+def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
+    path = Path(path)
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    reader = _Reader(path, env)
+    data = reader.expand(raw, "")
+    base = path.resolve().parent
+    reader.only(data, "", {"server", "sql", "approvals", "auth", "store", "policy", "sources"})
+
+    s = reader.table(data, "server")
+    reader.only(s, "server", {"host", "port", "max_body_bytes", "request_timeout_seconds"})
+    server = ServerSettings(
+        host=reader.get(s, "server.host", str, "127.0.0.1"),
+        port=reader.get(s, "server.port", int, 8080),
+        max_body_bytes=reader.positive(s, "server.max_body_bytes", 1_048_576),
+        request_timeout_seconds=float(reader.positive(s, "server.request_timeout_seconds", 30.0)),
+    )
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(path, "server.port", "must be between 0 and 65535")
+
+    q = reader.table(data, "sql")
+    reader.only(q, "sql", {"enabled"})
+    sql = SqlModeSettings(enabled=reader.get(q, "sql.enabled", bool, True))
+
+    a = reader.table(data, "approvals")
+    reader.only(a, "approvals", {"ttl_seconds"})
+    approvals = ApprovalSettings(ttl_seconds=reader.positive(a, "approvals.ttl_seconds", 3600))
+
+    auth = _auth(reader, reader.table(data, "auth"), base)
+
+    st = reader.table(data, "store")
+    reader.only(st, "store", {"url"})
+    store = StoreSettings(url=_sql_url(reader, reader.get(st, "store.url", str, "sqlite:///agentgate.db"),
+                                       "store.url", base))
+
+    p = reader.table(data, "policy")
+    reader.only(p, "policy", {"dir"})
+    policy = PolicySettings(dir=base / reader.get(p, "policy.dir", str, "policies"))
+
+    sources: dict[str, SourceSettings] = {}
+    for name, src in reader.table(data, "sources").items():
+        key = f"sources.{name}"
+        if not isinstance(src, dict):
+            raise ConfigError(path, key, "must be a table")
+        sources[name] = _source(reader, name, src, base)
+
+    return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
+                    store=store, policy=policy, sources=sources)
+
+
+def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:
+    reader.only(a, "auth", {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer",
+                            "leeway_seconds", "jwks_cache_seconds"})
+    algorithms = reader.get(a, "auth.algorithms", list, ["HS256"])
+    allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+               "ES256", "ES384", "ES512", "EdDSA"}
+    if not algorithms:
+        raise ConfigError(reader.path, "auth.algorithms", "must name at least one algorithm")
+    for alg in algorithms:
+        if not isinstance(alg, str) or alg not in allowed:
+            raise ConfigError(reader.path, "auth.algorithms",
+                              f"{alg!r} is not allowed (choose from {', '.join(sorted(allowed))})")
+    secret = reader.get(a, "auth.secret", str, None)
+    key_file = reader.get(a, "auth.public_key_file", str, None)
+    jwks_url = reader.get(a, "auth.jwks_url", str, None)
+    wants_hs = any(alg.startswith("HS") for alg in algorithms)
+    wants_pk = any(not alg.startswith("HS") for alg in algorithms)
+    if wants_hs and not secret:
+        raise ConfigError(reader.path, "auth.secret", "HS* algorithms need a secret")
+    if secret is not None and wants_hs and len(secret.encode()) < 32:
+        raise ConfigError(reader.path, "auth.secret", "must be at least 32 bytes long for HS* algorithms")
+    if wants_pk and not (key_file or jwks_url):
+        raise ConfigError(reader.path, "auth.algorithms",
+                          "RS*/ES*/PS*/EdDSA algorithms need auth.public_key_file or auth.jwks_url")
+    key_path = base / key_file if key_file else None
+    if key_path is not None and not key_path.is_file():
+        raise ConfigError(reader.path, "auth.public_key_file", f"{key_path} does not exist")
+    if jwks_url is not None and not jwks_url.startswith(("http://", "https://")):
+        raise ConfigError(reader.path, "auth.jwks_url", "must be an http(s) URL")
+    leeway = float(reader.get(a, "auth.leeway_seconds", (int, float), 10.0))
+    if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
+        raise ConfigError(reader.path, "auth.leeway_seconds", f"must be between 0 and {MAX_LEEWAY_SECONDS:g}")
+    return AuthSettings(
+        algorithms=tuple(algorithms),
+        secret=Secret(secret) if secret is not None else None,
+        public_key_file=key_path,
+        jwks_url=jwks_url,
+        audience=reader.get(a, "auth.audience", str, None),
+        issuer=reader.get(a, "auth.issuer", str, None),
+        leeway_seconds=leeway,
+        jwks_cache_seconds=float(reader.positive(a, "auth.jwks_cache_seconds", 300.0)),
+    )
+
+
+def _source(reader: _Reader, name: str, src: dict[str, Any], base: Path) -> SourceSettings:
+    key = f"sources.{name}"
+    reader.only(src, key, {"url", "headers", "seed", "timeout_seconds", "pool_size"})
+    url = reader.get(src, f"{key}.url", str, None)
+    if not url:
+        raise ConfigError(reader.path, f"{key}.url", "is required")
+    timeout = float(reader.positive(src, f"{key}.timeout_seconds", 10.0))
+    pool_size = reader.positive(src, f"{key}.pool_size", 10)
+    if url.startswith(("http://", "https://")):
+        headers = reader.get(src, f"{key}.headers", dict, {})
+        for hname, hvalue in headers.items():
+            if not isinstance(hvalue, str):
+                raise ConfigError(reader.path, f"{key}.headers.{hname}", "must be a string")
+        if "seed" in src:
+            raise ConfigError(reader.path, f"{key}.seed", "only SQLite sources take a seed")
+        return SourceSettings(name=name, kind="http", url=url.rstrip("/"),
+                              headers={k: Secret(v) for k, v in headers.items()},
+                              timeout_seconds=timeout, pool_size=pool_size)
+    if "headers" in src:
+        raise ConfigError(reader.path, f"{key}.headers", "only HTTP sources take headers")
+    async_url = _sql_url(reader, url, f"{key}.url", base)
+    seed = reader.get(src, f"{key}.seed", str, None)
+    if seed is not None and not async_url.startswith("sqlite"):
+        raise ConfigError(reader.path, f"{key}.seed", "only SQLite sources take a seed")
+    seed_path = base / seed if seed else None
+    if seed_path is not None and not seed_path.is_file():
+        raise ConfigError(reader.path, f"{key}.seed", f"{seed_path} does not exist")
+    return SourceSettings(name=name, kind="sql", url=async_url, seed=seed_path,
+                          timeout_seconds=timeout, pool_size=pool_size)
+
+
+def _sql_url(reader: _Reader, url: str, key: str, base: Path) -> str:
+    try:
+        parsed: URL = make_url(url)
+    except ArgumentError:
+        raise ConfigError(reader.path, key, f"not a database URL: {url!r}") from None
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ConfigError(reader.path, key, f"unsupported database {parsed.drivername!r} "
+                          "(use postgresql://, mysql+pymysql:// or sqlite:///)")
+    parsed = parsed.set(drivername=driver)
+    if driver.startswith("sqlite"):
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise ConfigError(reader.path, key, "an in-memory SQLite database cannot be shared; name a file")
+        if not Path(db).is_absolute():
+            parsed = parsed.set(database=str(base / db))
+    return parsed.render_as_string(hide_password=False)
+
+
+class _Reader:
+    """Small typed accessors that turn every fault into a ConfigError."""
+
+    def __init__(self, path: Path, environ: Mapping[str, str]):
+        self.path, self.environ = path, environ
+
+    def expand(self, value: Any, key: str) -> Any:
+        if isinstance(value, str):
+            def sub(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in self.environ:
+                    return self.environ[name]
+                if default is not None:
+                    return default
+                raise ConfigError(self.path, key or None, f"environment variable {name} is not set")
+            return _ENV_REF.sub(sub, value)
+        if isinstance(value, dict):
+            return {k: self.expand(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(v, key) for v in value]
+        return value
+
+    def only(self, table: dict[str, Any], key: str, allowed: set[str]) -> None:
+        for k in table:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise ConfigError(self.path, where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(self.path, key, "must be a table")
+        return value
+
+    def get(self, table: dict[str, Any], key: str, kind: Any, default: Any) -> Any:
+        name = key.rsplit(".", 1)[-1]
+        if name not in table:
+            return default
+        value = table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(self.path, key, f"must be a {expected}, not {type(value).__name__}")
+        return value
+
+    def positive(self, table: dict[str, Any], key: str, default: Any) -> Any:
+        value = self.get(table, key, (int, float) if isinstance(default, float) else int, default)
+        if value <= 0:
+            raise ConfigError(self.path, key, "must be greater than 0")
+        return value

@@ -1,0 +1,268 @@
+"""The Gateway: the one read path every way in goes through.
+
+    request -> authenticate -> decide (policy, masking) -> read from the source
+            -> render -> audit record (durable) -> answer
+
+Exactly one place decides and exactly one place writes the audit record
+(``Gateway.handle``). Transports build a ``ReadRequest`` and send back the
+``Answer`` bytes unchanged, so ``response_sha256`` covers what left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import (
+    ColumnInfo,
+    InvalidQuery,
+    MissingTable,
+    SourceTimedOut,
+    SourceUnavailable,
+    TableQuery,
+)
+from connectors.sql import SqlConnector
+from gateway.audit import AuditRecord, AuditTrail, now
+from gateway.auth import Agent, Authenticator
+from gateway.catalog import Dataset
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    SourceError,
+    SourceTimeout,
+    TooLarge,
+    Unavailable,
+    error_body,
+)
+from gateway.metrics import Metrics
+from gateway.policy import Policy
+from gateway.query import CursorCodec, parse_body
+
+log = logging.getLogger("agentgate.core")
+
+# One answer for "denied" and "no such dataset", so dataset names do not leak.
+FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read it"
+OPERATIONS = {"list": "list", "describe": "describe", "query": "read"}
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    request_id: str
+    operation: str  # "list", "describe", "query", or "unknown" for a path no route serves
+    authorization: str | None
+    dataset: str | None = None
+    body: bytes | None = None
+    body_too_large: bool = False
+    work_unit: str | None = None
+    approval_id: str | None = None
+    transport: str = "http"
+    route_error: GatewayError | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    payload: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Trace:
+    """What the audit record will say, filled in as the request goes."""
+
+    agent: Agent | None = None
+    dataset: str | None = None
+    rule: str | None = None
+    reason: str | None = None
+    rows: int | None = None
+    source_ms: float | None = None
+    columns: list[str] | None = None
+    masked: list[str] | None = None
+
+
+class PolicyHolder:
+    """The policy in force. Empty until a valid policy loads: then every request is refused."""
+
+    def __init__(self, policy: Policy | None = None):
+        self.current = policy
+        self.refused: dict[str, str] | None = None
+
+
+class Gateway:
+    def __init__(self, *, authenticator: Authenticator, policies: PolicyHolder, audit: AuditTrail,
+                 sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics):
+        self.auth = authenticator
+        self.policies = policies
+        self.audit = audit
+        self.sources = sources
+        self.cursors = cursors
+        self.metrics = metrics
+
+    async def handle(self, req: ReadRequest) -> Answer:
+        started = time.perf_counter()
+        trace = _Trace(dataset=req.dataset)
+        headers: dict[str, str] = {}
+        try:
+            if req.body_too_large:
+                raise TooLarge("the request body is over the size limit")
+            trace.agent = await self.auth.authenticate(req.authorization)
+            if req.route_error is not None:
+                raise req.route_error
+            policy = self.policies.current
+            if policy is None:
+                raise Unavailable("no valid policy is loaded; every request is refused")
+            payload = await self._serve(req, trace.agent, policy, trace)
+            status, decision = 200, "allow"
+        except GatewayError as exc:
+            status, decision = exc.status, exc.decision
+            trace.reason = exc.reason
+            payload = error_body(exc.code, exc.message, req.request_id)
+            headers.update(exc.headers)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="agentgate"'
+        except Exception:  # a bug: refuse, and still leave a record of it
+            log.exception("request %s failed", req.request_id)
+            status, decision = 500, "error"
+            trace.reason = "internal error"
+            payload = error_body("internal", "internal error", req.request_id)
+        body = _render(payload)
+        agent = trace.agent
+        record = AuditRecord(
+            time=now(), request_id=req.request_id, action=OPERATIONS.get(req.operation, req.operation),
+            decision=decision, status=status, agent=agent.name if agent else None,
+            on_behalf_of=agent.on_behalf_of if agent else None, work_unit=req.work_unit,
+            dataset=trace.dataset, query=_query_text(req), reason=trace.reason, rows=trace.rows,
+            bytes=len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
+            response_sha256=hashlib.sha256(body).hexdigest(), rule=trace.rule,
+            columns=json.dumps(trace.columns) if trace.columns is not None else None,
+            masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport)
+        try:
+            await self.audit.record(record)
+        except Unavailable as exc:
+            self.metrics.audit_failures.inc()
+            status, decision = 503, "error"
+            payload = error_body(exc.code, exc.message, req.request_id)
+            body, headers = _render(payload), {}
+        self.metrics.requests.labels(decision, trace.dataset or "").inc()
+        self.metrics.latency.labels(req.operation).observe(time.perf_counter() - started)
+        return Answer(status=status, body=body, payload=payload, headers=headers)
+
+    async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: _Trace) -> dict[str, Any]:
+        if req.operation == "list":
+            out = []
+            for ds in policy.catalog:
+                if (await policy.may_read(agent.name, ds)).allowed:
+                    out.append(await self._describe(ds))
+            trace.rows = len(out)
+            return {"datasets": out}
+        ds = await self._readable(policy, agent, req.dataset, trace)
+        if req.operation == "describe":
+            return await self._describe(ds)
+        if req.operation == "query":
+            return await self._query(req, agent, policy, ds, trace)
+        raise BadRequest(f"unknown operation {req.operation!r}")
+
+    async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: _Trace) -> Dataset:
+        ds = policy.catalog.get(name) if name else None
+        if ds is None:
+            raise Forbidden(FORBIDDEN, reason="no such dataset")
+        decision = await policy.may_read(agent.name, ds)
+        trace.rule = decision.rule
+        if not decision.allowed:
+            raise Forbidden(FORBIDDEN, reason=decision.reason)
+        if ds.approval == "required":
+            # Human approval is not built yet: fail closed rather than serve without it.
+            raise Forbidden("this dataset needs human approval, which this gateway does not offer yet",
+                            reason="approval required")
+        return ds
+
+    async def _columns(self, ds: Dataset) -> list[ColumnInfo]:
+        source = self.sources.get(ds.source)
+        if source is None or ds.table is None:
+            return []
+        try:
+            return await source.columns(ds.table)
+        except (SourceUnavailable, SourceTimedOut, MissingTable):
+            # The catalog still tells what it knows: its classed columns.
+            return [ColumnInfo(name, "", True, False) for name in ds.column_classes]
+
+    async def _describe(self, ds: Dataset) -> dict[str, Any]:
+        columns = [{"name": c.name, "class": ds.column_classes.get(c.name), "type": c.type or None}
+                   for c in await self._columns(ds)]
+        return {"name": ds.name, "description": ds.description, "owner": ds.owner, "columns": columns,
+                "max_rows": ds.max_rows, "approval": ds.approval}
+
+    async def _query(self, req: ReadRequest, agent: Agent, policy: Policy, ds: Dataset,
+                     trace: _Trace) -> dict[str, Any]:
+        source = self.sources.get(ds.source)
+        if source is None or ds.table is None:
+            raise BadRequest(f"{ds.name!r} is not a SQL dataset; read it through its proxy path")
+        body = parse_body(req.body)
+        try:
+            info = await source.columns(ds.table)
+        except MissingTable as exc:
+            raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
+        except SourceTimedOut as exc:
+            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise SourceError("the source failed", reason=str(exc)) from exc
+        known = [c.name for c in info]
+        requested = list(body.columns) if body.columns is not None else known
+        for name in requested:
+            if name not in known:
+                raise BadRequest(f"unknown column {name!r} in {ds.name!r}")
+        visible = await policy.visible_classes(agent.name, ds)
+        hidden = {c for c, cls in ds.column_classes.items() if cls not in visible}
+        for term in body.where:
+            self._usable(ds, known, hidden, term.column, "filter on")
+        for key in body.order_by:
+            self._usable(ds, known, hidden, key.column, "order by")
+        masked = [c for c in requested if c in hidden]
+        fetched = [c for c in requested if c not in hidden]
+        fingerprint = body.fingerprint(ds.name)
+        after = self.cursors.decode(fingerprint, body.cursor) if body.cursor else None
+        query = TableQuery(table=ds.table, columns=fetched, where=body.where, order_by=body.order_by,
+                           limit=min(body.limit, ds.max_rows), after=after)
+        try:
+            page = await source.fetch(query)
+        except InvalidQuery as exc:
+            raise BadRequest(str(exc)) from exc
+        except SourceTimedOut as exc:
+            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise SourceError("the source failed", reason=str(exc)) from exc
+        trace.source_ms = page.source_ms
+        if masked:
+            rows = [{c: (None if c in hidden else row[c]) for c in requested} for row in page.rows]
+        else:
+            rows = page.rows
+        trace.rows, trace.columns, trace.masked = len(rows), fetched, masked
+        cursor = self.cursors.encode(fingerprint, page.after) if page.after is not None else None
+        return {"dataset": ds.name, "columns": requested, "rows": rows, "masked": masked, "next_cursor": cursor}
+
+    @staticmethod
+    def _usable(ds: Dataset, known: list[str], hidden: set[str], column: str, verb: str) -> None:
+        if column not in known:
+            raise BadRequest(f"unknown column {column!r} in {ds.name!r}")
+        if column in hidden:
+            # Filtering or ordering on a masked column would let its values be guessed.
+            raise Forbidden(f"cannot {verb} {column!r}: this agent sees it masked",
+                            reason=f"{verb} masked column {column!r}")
+
+
+def _render(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _query_text(req: ReadRequest) -> str | None:
+    if req.body is None or req.body_too_large:
+        return None
+    return req.body.decode("utf-8", errors="replace")

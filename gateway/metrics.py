@@ -1,0 +1,33 @@
+"""Prometheus metrics, on a registry of the app's own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("agentgate_requests", "Data API requests by decision and dataset",
+                                ["decision", "dataset"], registry=self.registry)
+        self.latency = Histogram("agentgate_request_duration_seconds", "Data API request latency, audit included",
+                                 ["operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.audit_write = Histogram("agentgate_audit_write_duration_seconds",
+                                     "Time to commit one group of audit records", buckets=_LATENCY_BUCKETS,
+                                     registry=self.registry)
+        self.audit_batch = Histogram("agentgate_audit_batch_records", "Audit records per group commit",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
+        self.audit_failures = Counter("agentgate_audit_write_failures", "Audit groups that could not be written",
+                                      registry=self.registry)
+
+    def observe_audit(self, seconds: float, records: int) -> None:
+        self.audit_write.observe(seconds)
+        self.audit_batch.observe(records)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

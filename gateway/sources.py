@@ -1,0 +1,58 @@
+"""Build a connector for each configured source and check the catalog's tables against them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from connectors.base import MissingTable, SourceTimedOut, SourceUnavailable
+from connectors.sql import SqlConnector, make_engine, seed_sqlite
+from gateway.catalog import Catalog, Dataset
+from gateway.config import SourceSettings
+from gateway.errors import ConfigError
+
+log = logging.getLogger("agentgate.sources")
+
+
+def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnector]:
+    """One pooled engine per SQL source; a SQLite source with a seed is created on first run."""
+    out: dict[str, SqlConnector] = {}
+    for name, src in settings.items():
+        if src.kind != "sql":
+            continue  # HTTP sources come with their connector
+        if src.seed is not None and seed_sqlite(src.url, src.seed):
+            log.info("created source %r from its seed %s", name, src.seed)
+        engine = make_engine(src.url, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size,
+                             read_only=src.read_only)
+        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds)
+    return out
+
+
+async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], policy_file: object,
+                       *, strict_reachability: bool) -> list[str]:
+    """Reflect every catalog table. A missing table is a ConfigError; an unreachable source is
+    one (when strict, as in `check`) or a warning returned (at start: the source may come back)."""
+    warnings: list[str] = []
+
+    async def one(ds: Dataset, table: str, source: SqlConnector) -> None:
+        name = ds.name
+        try:
+            await source.prepare([table])
+            present = {c.name for c in await source.columns(table)}
+        except MissingTable as exc:
+            raise ConfigError(policy_file, f"datasets.{name}.table", str(exc)) from None
+        except (SourceUnavailable, SourceTimedOut) as exc:
+            if strict_reachability:
+                raise ConfigError(policy_file, f"datasets.{name}.source", str(exc)) from None
+            warnings.append(f"dataset {name!r}: {exc}")
+            return
+        for column in ds.column_classes:
+            if column not in present:
+                raise ConfigError(policy_file, f"datasets.{name}.columns.{column}",
+                                  f"table {table!r} has no column {column!r}")
+
+    jobs = [one(ds, ds.table, sources[ds.source]) for ds in catalog
+            if ds.table is not None and ds.source in sources]
+    await asyncio.gather(*jobs)
+    return warnings

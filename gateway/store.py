@@ -1,0 +1,134 @@
+"""The gateway's own tables (SQLAlchemy Core) and the engine that reaches them.
+
+SQLite by default, PostgreSQL for production and replicas. The gateway creates
+its tables at start; nothing else in the code base builds store SQL except
+audit.py (and, later, the other store-backed services) through these tables.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("agent", Text),
+    Column("on_behalf_of", Text),
+    Column("work_unit", Text),
+    Column("action", String(64), nullable=False),
+    Column("dataset", Text),
+    Column("query", Text),
+    Column("decision", String(16), nullable=False),
+    Column("reason", Text),
+    Column("status", Integer, nullable=False),
+    Column("rows", Integer),
+    Column("bytes", BigInteger),
+    Column("duration_ms", Float),
+    Column("source_ms", Float),
+    Column("response_sha256", String(64)),
+    Column("approved_by", Text),
+    Column("rule", Text),
+    Column("columns", Text),
+    Column("masked", Text),
+    Column("transport", String(16)),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_time", "time"),
+    Index("ix_audit_agent", "agent"),
+    Index("ix_audit_dataset", "dataset"),
+    Index("ix_audit_decision", "decision"),
+)
+
+meta = Table(
+    "agentgate_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def make_store_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, connect_args={"timeout": 10})
+        _serialise_sqlite_writers(engine)
+        return engine
+    return create_async_engine(parsed, pool_size=10, max_overflow=10, pool_timeout=5,
+                               connect_args={"timeout": 5, "command_timeout": 10})
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+    """Let several workers share one SQLite store: WAL, a busy timeout, and write
+    transactions that take the lock up front (BEGIN IMMEDIATE), so two writers
+    never both read the chain's tail before one of them appends."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def create_tables(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several replicas may start at once; one creates, the others wait for it.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7243001)"))
+        await conn.run_sync(metadata.create_all)
+
+
+async def shared_secret(engine: AsyncEngine, key: str) -> str:
+    """A random secret kept in the store, the same on every replica (e.g. the cursor key)."""
+    async with engine.connect() as conn:
+        found = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one_or_none()
+    if found is not None:
+        return str(found)
+    value = secrets.token_urlsafe(32)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(meta).values(key=key, value=value))
+        return value
+    except IntegrityError:  # another replica made it first: use theirs
+        async with engine.connect() as conn:
+            return str((await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one())
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
