@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Table, and_, case, false, or_, select
+from sqlalchemy import BigInteger, Column, MetaData, Numeric, Table, and_, case, cast, false, literal, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -57,14 +57,17 @@ def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_o
             settings["default_transaction_read_only"] = "on"
         connect_args["server_settings"] = settings
         connect_args["timeout"] = min(timeout_seconds, 10.0)
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds)
+        # Autocommit: one statement, one round trip; no BEGIN/ROLLBACK around every read.
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds,
+                      isolation_level="AUTOCOMMIT")
     elif backend in ("mysql", "mariadb"):
         init = f"SET SESSION max_statement_time={timeout_seconds:g}"
         if read_only:
             init += ", SESSION tx_read_only=1"
         connect_args["init_command"] = init
         connect_args["connect_timeout"] = max(1, int(min(timeout_seconds, 10.0)))
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds, pool_recycle=3600)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds, pool_recycle=3600,
+                      isolation_level="AUTOCOMMIT")
     elif backend == "sqlite" and read_only:
         # Opened through a URI in read-only mode: the source file is never written by the gateway.
         parsed = parsed.set(database=f"file:{parsed.database}?mode=ro", query={"uri": "true"})
@@ -134,7 +137,12 @@ class SqlConnector:
         more = len(raw) > query.limit
         raw = raw[: query.limit]
         n = len(query.columns)
-        rows = [{name: _jsonable(value) for name, value in zip(query.columns, r, strict=False)} for r in raw]
+        bools = {i for i, name in enumerate(query.columns) if _is_bool(t.columns[name])}
+        if bools:
+            rows = [{name: (bool(v) if i in bools and v is not None else _jsonable(v))
+                     for i, (name, v) in enumerate(zip(query.columns, r, strict=False))} for r in raw]
+        else:
+            rows = [{name: _jsonable(v) for name, v in zip(query.columns, r, strict=False)} for r in raw]
         after: Any = None
         if more and raw:
             last = raw[-1]
@@ -175,7 +183,7 @@ class SqlConnector:
 
     def _statement(self, t: Table, q: TableQuery) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
         cols = [_column(t, name) for name in q.columns]
-        conditions = [_condition(_column(t, f.column), f) for f in q.where]
+        conditions = [_condition(_column(t, f.column), f, self.dialect) for f in q.where]
         order: list[tuple[Column[Any], bool]] = [(_column(t, k.column), k.descending) for k in q.order_by]
         pk = list(t.primary_key.columns)
         keys: list[tuple[Column[Any], bool]] | None = list(order)
@@ -204,7 +212,7 @@ class SqlConnector:
                 values = q.after.get("k") if isinstance(q.after, dict) else None
                 if not isinstance(values, list) or len(values) != len(keys):
                     raise InvalidQuery("the cursor does not fit this query")
-                stmt = stmt.where(_after(keys, [_untag(v) for v in values]))
+                stmt = stmt.where(_after(keys, [_untag(v) for v in values], self.dialect))
         if order_sql:
             stmt = stmt.order_by(*order_sql)
         return stmt.limit(q.limit + 1), keys
@@ -217,7 +225,7 @@ def _column(t: Table, name: str) -> Column[Any]:
     return col
 
 
-def _after(keys: list[tuple[Column[Any], bool]], values: list[Any]) -> ColumnElement[bool]:
+def _after(keys: list[tuple[Column[Any], bool]], values: list[Any], dialect: str) -> ColumnElement[bool]:
     """Rows strictly after the position `values` in the order of `keys` (NULLs as ordered above)."""
     disjuncts: list[ColumnElement[bool]] = []
     equal: list[ColumnElement[bool]] = []
@@ -227,17 +235,29 @@ def _after(keys: list[tuple[Column[Any], bool]], values: list[Any]) -> ColumnEle
             same: ColumnElement[bool] = col.is_(None)
         else:
             if desc:
-                beyond = col < value
+                beyond = col < _bind(col, value, dialect)
             else:
-                beyond = or_(col > value, col.is_(None)) if col.nullable else col > value
-            same = col == value
+                after = col > _bind(col, value, dialect)
+                beyond = or_(after, col.is_(None)) if col.nullable else after
+            same = col == _bind(col, value, dialect)
         if beyond is not None:
             disjuncts.append(and_(*equal, beyond) if equal else beyond)
         equal.append(same)
     return or_(*disjuncts) if disjuncts else false()
 
 
-def _condition(col: Column[Any], f: Filter) -> ColumnElement[bool]:
+def _bind(col: Column[Any], value: Any, dialect: str) -> ColumnElement[Any]:
+    """A value as a bound parameter to compare `col` with (never a SQL constant such as TRUE)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        # As BIGINT: PostgreSQL would bind it as the column's type and fail on an int4 column past 2**31.
+        return literal(value, BigInteger())
+    if isinstance(value, Decimal) and dialect == "postgresql":
+        # PostgreSQL would take the parameter as the column's numeric(p, s): 10.011 rounded to 10.01, or overflowing.
+        return cast(literal(value, Numeric()), Numeric())
+    return literal(value, col.type)
+
+
+def _condition(col: Column[Any], f: Filter, dialect: str) -> ColumnElement[bool]:
     op = f.op
     if op == "is null":
         return col.is_(None)
@@ -246,24 +266,39 @@ def _condition(col: Column[Any], f: Filter) -> ColumnElement[bool]:
     if op in LIST_OPERATORS:
         if not isinstance(f.value, list) or not 1 <= len(f.value) <= MAX_LIST_VALUES:
             raise InvalidQuery(f"{op!r} on {col.name!r} takes a list of 1 to {MAX_LIST_VALUES} values")
-        values = [_coerce(col, v) for v in f.value]
+        if any(v is None for v in f.value):
+            # `x NOT IN (.., NULL)` matches no row at all: ask with 'is null' / 'is not null' instead.
+            raise InvalidQuery(f"{op!r} on {col.name!r} takes no null; use 'is null' or 'is not null'")
+        values = [_bind(col, _coerce(col, v), dialect) for v in f.value]
         return col.in_(values) if op == "in" else col.not_in(values)
     if op == "like":
-        if not isinstance(f.value, str):
+        if not isinstance(f.value, str) or "\x00" in f.value:
             raise InvalidQuery(f"'like' on {col.name!r} takes a string pattern")
-        return col.like(f.value)
+        if _python_type(col) is not str:
+            raise InvalidQuery(f"'like' applies to text columns, not to {col.name!r} ({_type_name(col)})")
+        if (len(f.value) - len(f.value.rstrip("\\"))) % 2:
+            raise InvalidQuery("a 'like' pattern cannot end with a lone escape character '\\'")
+        # One escape character on every dialect (SQLite has none unless told).
+        return col.like(f.value, escape="\\")
     value = _coerce(col, f.value)
     if value is None:
         raise InvalidQuery(f"compare {col.name!r} with null using 'is null' or 'is not null'")
     comparisons = {"=": col.__eq__, "!=": col.__ne__, "<": col.__lt__, "<=": col.__le__,
                    ">": col.__gt__, ">=": col.__ge__}
     try:
-        return comparisons[op](value)
+        return comparisons[op](_bind(col, value, dialect))
     except KeyError:
         raise InvalidQuery(f"unknown operator {op!r}") from None
 
 
+def _is_bool(col: Column[Any]) -> bool:
+    # MariaDB/MySQL have no BOOLEAN: it is TINYINT(1), which reflects as an integer.
+    return type(col.type).__name__ == "TINYINT" and getattr(col.type, "display_width", None) == 1
+
+
 def _python_type(col: Column[Any]) -> type | None:
+    if _is_bool(col):
+        return bool
     try:
         return col.type.python_type
     except NotImplementedError:
@@ -284,7 +319,7 @@ def _coerce(col: Column[Any], value: Any) -> Any:
                 raise bad
             return value
         if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
                 raise bad
             return value
         if kind is float:
@@ -299,7 +334,7 @@ def _coerce(col: Column[Any], value: Any) -> Any:
                 raise bad
             return number
         if kind is str:
-            if not isinstance(value, str):
+            if not isinstance(value, str) or "\x00" in value:  # no SQL text type holds NUL on every dialect
                 raise bad
             return value
         if kind is dt.datetime:
@@ -319,7 +354,7 @@ def _coerce(col: Column[Any], value: Any) -> Any:
             return dt.time.fromisoformat(value)
         if kind is uuid.UUID:
             return uuid.UUID(str(value))
-    except (ValueError, InvalidOperation, TypeError):
+    except (ValueError, InvalidOperation, TypeError, OverflowError):
         raise bad from None
     if isinstance(value, bool | int | float | str):
         return value

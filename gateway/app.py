@@ -10,32 +10,25 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 
-from gateway.api import data, ops
+from gateway.api import admin, data, ops
 from gateway.audit import AuditTrail
 from gateway.auth import Authenticator
 from gateway.config import Settings, find_config, load_settings
 from gateway.core import Gateway, PolicyHolder
-from gateway.errors import ConfigError
 from gateway.metrics import Metrics
-from gateway.policy import failing_cases, load_policy
 from gateway.query import CursorCodec
+from gateway.reloader import PolicyReloader, load_checked_policy
+from gateway.revocations import Registry
 from gateway.sources import check_tables, open_sources
 from gateway.store import create_tables, make_store_engine, shared_secret
+from gateway.sync import StoreSync
+
+__all__ = ["app_from_env", "create_app", "load_checked_policy"]
 
 log = logging.getLogger("agentgate")
 
 
-async def load_checked_policy(settings: Settings):  # type: ignore[no-untyped-def]
-    """Load the policy directory off the event loop and refuse it if a policy test fails."""
-    policy = await asyncio.to_thread(load_policy, settings.policy.dir, settings.sources)
-    failures = await failing_cases(policy)
-    if failures:
-        raise ConfigError(settings.policy.dir / "tests.toml", None,
-                          f"{len(failures)} policy test(s) fail; first: {failures[0]}")
-    return policy
-
-
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = app.state
@@ -49,23 +42,33 @@ def create_app(settings: Settings) -> Starlette:
             trail = AuditTrail(store, observe=metrics.observe_audit)
             await trail.start()
             stack.push_async_callback(trail.close)
-            state.policies = holder = PolicyHolder(await load_checked_policy(settings))
             sources = await asyncio.to_thread(open_sources, settings.sources)
             for source in sources.values():
                 stack.push_async_callback(source.close)
-            assert holder.current is not None
-            for warning in await check_tables(holder.current.catalog, sources, settings.policy.dir / "datasets.toml",
+            policy = await load_checked_policy(settings)
+            for warning in await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml",
                                               strict_reachability=False):
                 log.warning("%s (reads from it answer 502 until it is back)", warning)
+            state.policies = holder = PolicyHolder(policy)
+            state.sync = sync = StoreSync(store)
+            revocations = Registry(store, sync)
+            reloader = PolicyReloader(settings, holder, trail, sources)
+            sync.subscribe(reloader.on_store)
+            await sync.start()
+            stack.push_async_callback(sync.close)
+            if watch_policy:
+                await reloader.start()
+                stack.push_async_callback(reloader.close)
+            state.reloader = reloader
             authenticator = Authenticator(settings.auth)
             stack.push_async_callback(authenticator.aclose)
             state.gateway = Gateway(authenticator=authenticator, policies=holder, audit=trail, sources=sources,
-                                    cursors=cursors, metrics=metrics)
+                                    cursors=cursors, metrics=metrics, revocations=revocations, store=store)
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",
-                     len(holder.current.catalog.datasets), len(holder.current.rules), settings.store.dialect)
+                     len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
             yield
 
-    return Starlette(routes=[*data.routes, *ops.routes], lifespan=lifespan)
+    return Starlette(routes=[*data.routes, *admin.routes, *ops.routes], lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:

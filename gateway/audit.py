@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import insert, select, text
+import asyncpg
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import Unavailable
+from gateway.store import asyncpg_dsn
 from gateway.store import audit as audit_table
 
 log = logging.getLogger("agentgate.audit")
@@ -121,6 +123,7 @@ class AuditTrail:
         self._observe = observe
         self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[AuditRecord]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._pg = _PgChainWriter(engine) if engine.dialect.name == "postgresql" else None
 
     async def start(self) -> None:
         if self._writer is None:
@@ -136,6 +139,8 @@ class AuditTrail:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        if self._pg is not None:
+            await self._pg.close()
 
     async def record(self, record: AuditRecord) -> AuditRecord:
         """Returns the stored record once it is durable; raises Unavailable if it cannot be."""
@@ -174,20 +179,59 @@ class AuditTrail:
                 self._queue.task_done()
 
     async def _write(self, records: list[AuditRecord]) -> list[AuditRecord]:
+        if self._pg is not None:
+            return await self._pg.write(records)
         async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK})"))
             tail = (await conn.execute(
                 select(audit_table.c.id, audit_table.c.hash).order_by(audit_table.c.id.desc()).limit(1))).first()
-            next_id, prev = (tail.id + 1, tail.hash) if tail else (1, GENESIS)
-            out: list[AuditRecord] = []
-            for rec in records:
-                rec = replace(rec, id=next_id, prev_hash=prev)
-                rec = replace(rec, hash=chain_hash(rec))
-                out.append(rec)
-                prev, next_id = rec.hash, next_id + 1
+            out = _chain(records, tail.id if tail else None, tail.hash if tail else None)
             await conn.execute(insert(audit_table), [asdict(r) for r in out])
         return out
+
+
+def _chain(records: list[AuditRecord], tail_id: int | None, tail_hash: str | None) -> list[AuditRecord]:
+    next_id, prev = (tail_id + 1, tail_hash) if tail_id is not None and tail_hash else (1, GENESIS)
+    out: list[AuditRecord] = []
+    for rec in records:
+        rec = replace(rec, id=next_id, prev_hash=prev)
+        rec = replace(rec, hash=chain_hash(rec))
+        out.append(rec)
+        prev, next_id = rec.hash, next_id + 1
+    return out
+
+
+class _PgChainWriter:
+    """PostgreSQL: the writer's own asyncpg connection and prepared statements, so a group of
+    records costs one lock, one tail read, one pipelined insert and one commit."""
+
+    _INSERT = 'INSERT INTO audit ({}) VALUES ({})'.format(
+        ", ".join(f'"{f}"' for f in FIELD_ORDER), ", ".join(f"${i}" for i in range(1, len(FIELD_ORDER) + 1)))
+
+    def __init__(self, engine: AsyncEngine):
+        self._dsn = asyncpg_dsn(engine)
+        self._conn: Any = None
+
+    async def write(self, records: list[AuditRecord]) -> list[AuditRecord]:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn, timeout=5.0)
+        conn = self._conn
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+                tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+                out = _chain(records, tail["id"] if tail else None, tail["hash"] if tail else None)
+                await conn.executemany(self._INSERT, [tuple(getattr(r, f) for f in FIELD_ORDER) for r in out])
+            return out
+        except BaseException:
+            # The connection's state is unknown (cancelled mid-transaction, or gone): start afresh.
+            self._conn = None
+            conn.terminate()
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 @dataclass(frozen=True)

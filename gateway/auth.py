@@ -248,7 +248,8 @@ class Authenticator:
             raise ValueError("no JWKS configured")
         body = bytearray()
         # httpx timeouts are per socket operation; asyncio.timeout bounds a slow drip as a whole.
-        # identity encoding: the size bound must hold for what is parsed, not what is sent.
+        # Ask for identity encoding so the bound is on what is parsed; a server that compresses anyway
+        # still works, decoded chunk by chunk.
         async with (asyncio.timeout(JWKS_TIMEOUT_SECONDS),
                     self._client.stream("GET", self._jwks_url, timeout=JWKS_TIMEOUT_SECONDS,
                                         headers={"Accept": "application/json",
@@ -256,7 +257,7 @@ class Authenticator:
             resp.raise_for_status()
             if int(resp.headers.get("content-length") or 0) > JWKS_MAX_BYTES:
                 raise ValueError("JWKS response too large")
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > JWKS_MAX_BYTES:
                     raise ValueError("JWKS response too large")

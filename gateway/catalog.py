@@ -15,7 +15,8 @@ from gateway.errors import ConfigError
 DEFAULT_MAX_ROWS = 1000
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
-_DATASET_KEYS = {"source", "table", "path", "owner", "description", "max_rows", "approval", "columns"}
+# Every key a [datasets.NAME] table takes; the README documents each (a test checks).
+DATASET_KEYS = {"source", "table", "path", "owner", "description", "max_rows", "approval", "columns"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
     if not isinstance(body, dict):
         raise ConfigError(path, key, "must be a table")
     for k in body:
-        if k not in _DATASET_KEYS:
-            raise ConfigError(path, f"{key}.{k}", f"unknown key (expected one of: {', '.join(sorted(_DATASET_KEYS))})")
+        if k not in DATASET_KEYS:
+            raise ConfigError(path, f"{key}.{k}",
+                              f"unknown key (expected one of: {', '.join(sorted(DATASET_KEYS))})")
 
     def text(k: str, required: bool = False) -> str | None:
         v = body.get(k)

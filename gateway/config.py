@@ -24,6 +24,19 @@ DEFAULT_CONFIG = "agentgate.toml"
 ENV_CONFIG = "AGENTGATE_CONFIG"
 MAX_LEEWAY_SECONDS = 30.0
 
+# Every key agentgate.toml takes, by table; the README documents each (a test checks).
+CONFIG_KEYS: dict[str, set[str]] = {
+    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources"},
+    "server": {"host", "port", "max_body_bytes"},
+    "sql": {"enabled"},
+    "approvals": {"ttl_seconds"},
+    "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
+             "jwks_cache_seconds"},
+    "store": {"url"},
+    "policy": {"dir"},
+    "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
+}
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 # Sync driver names users write, mapped to the async driver the gateway runs.
@@ -69,7 +82,6 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
-    request_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,36 +166,35 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
     reader = _Reader(path, env)
     data = reader.expand(raw, "")
     base = path.resolve().parent
-    reader.only(data, "", {"server", "sql", "approvals", "auth", "store", "policy", "sources"})
+    reader.only(data, "", CONFIG_KEYS[""])
 
     s = reader.table(data, "server")
-    reader.only(s, "server", {"host", "port", "max_body_bytes", "request_timeout_seconds"})
+    reader.only(s, "server", CONFIG_KEYS["server"])
     server = ServerSettings(
         host=reader.get(s, "server.host", str, "127.0.0.1"),
         port=reader.get(s, "server.port", int, 8080),
         max_body_bytes=reader.positive(s, "server.max_body_bytes", 1_048_576),
-        request_timeout_seconds=float(reader.positive(s, "server.request_timeout_seconds", 30.0)),
     )
     if not 0 <= server.port <= 65535:
         raise ConfigError(path, "server.port", "must be between 0 and 65535")
 
     q = reader.table(data, "sql")
-    reader.only(q, "sql", {"enabled"})
+    reader.only(q, "sql", CONFIG_KEYS["sql"])
     sql = SqlModeSettings(enabled=reader.get(q, "sql.enabled", bool, True))
 
     a = reader.table(data, "approvals")
-    reader.only(a, "approvals", {"ttl_seconds"})
+    reader.only(a, "approvals", CONFIG_KEYS["approvals"])
     approvals = ApprovalSettings(ttl_seconds=reader.positive(a, "approvals.ttl_seconds", 3600))
 
     auth = _auth(reader, reader.table(data, "auth"), base)
 
     st = reader.table(data, "store")
-    reader.only(st, "store", {"url"})
+    reader.only(st, "store", CONFIG_KEYS["store"])
     store = StoreSettings(url=_sql_url(reader, reader.get(st, "store.url", str, "sqlite:///agentgate.db"),
                                        "store.url", base))
 
     p = reader.table(data, "policy")
-    reader.only(p, "policy", {"dir"})
+    reader.only(p, "policy", CONFIG_KEYS["policy"])
     policy = PolicySettings(dir=base / reader.get(p, "policy.dir", str, "policies"))
 
     sources: dict[str, SourceSettings] = {}
@@ -198,8 +209,7 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
 
 
 def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:
-    reader.only(a, "auth", {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer",
-                            "leeway_seconds", "jwks_cache_seconds"})
+    reader.only(a, "auth", CONFIG_KEYS["auth"])
     algorithms = reader.get(a, "auth.algorithms", list, ["HS256"])
     allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                "ES256", "ES384", "ES512", "EdDSA"}
@@ -216,8 +226,12 @@ def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:
     wants_pk = any(not alg.startswith("HS") for alg in algorithms)
     if wants_hs and not secret:
         raise ConfigError(reader.path, "auth.secret", "HS* algorithms need a secret")
-    if secret is not None and wants_hs and len(secret.encode()) < 32:
-        raise ConfigError(reader.path, "auth.secret", "must be at least 32 bytes long for HS* algorithms")
+    if secret is not None and wants_hs:
+        # RFC 7518 3.2: an HMAC key at least as long as the hash output.
+        need = max(int(alg[2:]) // 8 for alg in algorithms if alg.startswith("HS"))
+        if len(secret.encode()) < need:
+            raise ConfigError(reader.path, "auth.secret", f"must be at least {need} bytes long for "
+                              f"{', '.join(a for a in algorithms if a.startswith('HS'))}")
     if wants_pk and not (key_file or jwks_url):
         raise ConfigError(reader.path, "auth.algorithms",
                           "RS*/ES*/PS*/EdDSA algorithms need auth.public_key_file or auth.jwks_url")
@@ -243,7 +257,7 @@ def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:
 
 def _source(reader: _Reader, name: str, src: dict[str, Any], base: Path) -> SourceSettings:
     key = f"sources.{name}"
-    reader.only(src, key, {"url", "headers", "seed", "timeout_seconds", "pool_size"})
+    reader.only(src, key, CONFIG_KEYS["sources.NAME"])
     url = reader.get(src, f"{key}.url", str, None)
     if not url:
         raise ConfigError(reader.path, f"{key}.url", "is required")
@@ -291,6 +305,10 @@ def _sql_url(reader: _Reader, url: str, key: str, base: Path) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a table"}
+
+
 class _Reader:
     """Small typed accessors that turn every fault into a ConfigError."""
 
@@ -332,8 +350,8 @@ class _Reader:
         value = table[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(self.path, key, f"must be a {expected}, not {type(value).__name__}")
+            expected = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+            raise ConfigError(self.path, key, f"must be {expected}, not {_KIND_NAMES.get(type(value), 'that')}")
         return value
 
     def positive(self, table: dict[str, Any], key: str, default: Any) -> Any:

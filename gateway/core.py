@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from connectors.base import (
     ColumnInfo,
     InvalidQuery,
@@ -27,6 +29,7 @@ from connectors.base import (
     TableQuery,
 )
 from connectors.sql import SqlConnector
+from gateway import admin
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
 from gateway.catalog import Dataset
@@ -43,12 +46,15 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.policy import Policy
 from gateway.query import CursorCodec, parse_body
+from gateway.revocations import Registry
 
 log = logging.getLogger("agentgate.core")
 
 # One answer for "denied" and "no such dataset", so dataset names do not leak.
 FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read it"
-OPERATIONS = {"list": "list", "describe": "describe", "query": "read"}
+# The audit record's `action` for each operation.
+ACTIONS = {"list": "list", "describe": "describe", "query": "read", "revoke": "revoke", "restore": "restore",
+           "list_revocations": "list_revocations", "read_audit": "read_audit"}
 
 
 @dataclass(frozen=True)
@@ -63,18 +69,19 @@ class ReadRequest:
     approval_id: str | None = None
     transport: str = "http"
     route_error: GatewayError | None = None
+    params: Mapping[str, str] = field(default_factory=dict)  # path and query parameters of admin calls
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
     body: bytes
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] | None
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
-class _Trace:
+class Trace:
     """What the audit record will say, filled in as the request goes."""
 
     agent: Agent | None = None
@@ -85,6 +92,7 @@ class _Trace:
     source_ms: float | None = None
     columns: list[str] | None = None
     masked: list[str] | None = None
+    query: str | None = None  # what was acted on, when it is not the body as sent
 
 
 class PolicyHolder:
@@ -92,13 +100,16 @@ class PolicyHolder:
 
     def __init__(self, policy: Policy | None = None):
         self.current = policy
-        self.refused: dict[str, str] | None = None
+        self.refused: dict[str, Any] | None = None
 
 
 class Gateway:
     def __init__(self, *, authenticator: Authenticator, policies: PolicyHolder, audit: AuditTrail,
-                 sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics):
+                 sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics,
+                 revocations: Registry, store: AsyncEngine):
         self.auth = authenticator
+        self.revocations = revocations
+        self.store = store
         self.policies = policies
         self.audit = audit
         self.sources = sources
@@ -107,19 +118,24 @@ class Gateway:
 
     async def handle(self, req: ReadRequest) -> Answer:
         started = time.perf_counter()
-        trace = _Trace(dataset=req.dataset)
+        trace = Trace(dataset=req.dataset)
         headers: dict[str, str] = {}
         try:
             if req.body_too_large:
                 raise TooLarge("the request body is over the size limit")
-            trace.agent = await self.auth.authenticate(req.authorization)
+            trace.agent = agent = await self.auth.authenticate(req.authorization)
+            self.revocations.check(agent)
             if req.route_error is not None:
                 raise req.route_error
             policy = self.policies.current
             if policy is None:
                 raise Unavailable("no valid policy is loaded; every request is refused")
-            payload = await self._serve(req, trace.agent, policy, trace)
-            status, decision = 200, "allow"
+            handler = admin.OPERATIONS.get(req.operation)
+            if handler is not None:
+                status, payload = await handler(self, req, agent, policy, trace)
+            else:
+                status, payload = 200, await self._serve(req, agent, policy, trace)
+            decision = "allow"
         except GatewayError as exc:
             status, decision = exc.status, exc.decision
             trace.reason = exc.reason
@@ -132,13 +148,13 @@ class Gateway:
             status, decision = 500, "error"
             trace.reason = "internal error"
             payload = error_body("internal", "internal error", req.request_id)
-        body = _render(payload)
-        agent = trace.agent
+        body = _render(payload) if payload is not None else b""
+        who = trace.agent
         record = AuditRecord(
-            time=now(), request_id=req.request_id, action=OPERATIONS.get(req.operation, req.operation),
-            decision=decision, status=status, agent=agent.name if agent else None,
-            on_behalf_of=agent.on_behalf_of if agent else None, work_unit=req.work_unit,
-            dataset=trace.dataset, query=_query_text(req), reason=trace.reason, rows=trace.rows,
+            time=now(), request_id=req.request_id, action=ACTIONS.get(req.operation, req.operation),
+            decision=decision, status=status, agent=who.name if who else None,
+            on_behalf_of=who.on_behalf_of if who else None, work_unit=req.work_unit,
+            dataset=trace.dataset, query=trace.query or _query_text(req), reason=trace.reason, rows=trace.rows,
             bytes=len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
             source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
             response_sha256=hashlib.sha256(body).hexdigest(), rule=trace.rule,
@@ -155,7 +171,7 @@ class Gateway:
         self.metrics.latency.labels(req.operation).observe(time.perf_counter() - started)
         return Answer(status=status, body=body, payload=payload, headers=headers)
 
-    async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: _Trace) -> dict[str, Any]:
+    async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
         if req.operation == "list":
             out = []
             for ds in policy.catalog:
@@ -170,7 +186,7 @@ class Gateway:
             return await self._query(req, agent, policy, ds, trace)
         raise BadRequest(f"unknown operation {req.operation!r}")
 
-    async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: _Trace) -> Dataset:
+    async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: Trace) -> Dataset:
         ds = policy.catalog.get(name) if name else None
         if ds is None:
             raise Forbidden(FORBIDDEN, reason="no such dataset")
@@ -201,7 +217,7 @@ class Gateway:
                 "max_rows": ds.max_rows, "approval": ds.approval}
 
     async def _query(self, req: ReadRequest, agent: Agent, policy: Policy, ds: Dataset,
-                     trace: _Trace) -> dict[str, Any]:
+                     trace: Trace) -> dict[str, Any]:
         source = self.sources.get(ds.source)
         if source is None or ds.table is None:
             raise BadRequest(f"{ds.name!r} is not a SQL dataset; read it through its proxy path")
@@ -232,7 +248,7 @@ class Gateway:
         query = TableQuery(table=ds.table, columns=fetched, where=body.where, order_by=body.order_by,
                            limit=min(body.limit, ds.max_rows), after=after)
         try:
-            page = await source.fetch(query)
+            page = await self.revocations.guarded(agent, source.fetch(query))
         except InvalidQuery as exc:
             raise BadRequest(str(exc)) from exc
         except SourceTimedOut as exc:

@@ -66,6 +66,20 @@ audit = Table(
     Index("ix_audit_decision", "decision"),
 )
 
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # "agent" or "token"
+    Column("subject", Text, nullable=False),  # the agent's name or the token's jti
+    Column("reason", Text),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("lifted_by", Text),
+    Column("lifted_at", DateTime(timezone=True)),
+    Index("ix_revocations_active", "kind", "subject"),
+)
+
 meta = Table(
     "agentgate_meta",
     metadata,
@@ -127,6 +141,12 @@ async def shared_secret(engine: AsyncEngine, key: str) -> str:
     except IntegrityError:  # another replica made it first: use theirs
         async with engine.connect() as conn:
             return str((await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one())
+
+
+def asyncpg_dsn(engine: AsyncEngine) -> str:
+    """The store's URL as asyncpg itself takes it (for the listener and the audit writer)."""
+    url = make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 async def ping(engine: AsyncEngine) -> None:

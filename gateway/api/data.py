@@ -13,7 +13,9 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-async def _handle(request: Request, operation: str, method: str, dataset: str | None = None) -> Response:
+async def handle(request: Request, operation: str, method: str, dataset: str | None = None,
+                 params: dict[str, str] | None = None) -> Response:
+    """Build the ReadRequest for any route (data or admin) and send back the core's answer unchanged."""
     gateway: Gateway = request.app.state.gateway
     request_id = new_request_id()
     route_error: GatewayError | None = None
@@ -29,24 +31,24 @@ async def _handle(request: Request, operation: str, method: str, dataset: str | 
     answer = await gateway.handle(ReadRequest(
         request_id=request_id, operation=operation, authorization=headers.get("authorization"),
         dataset=dataset, body=body, body_too_large=too_large, work_unit=headers.get("x-work-unit") or None,
-        approval_id=headers.get("x-approval-id") or None, route_error=route_error))
+        approval_id=headers.get("x-approval-id") or None, route_error=route_error, params=params or {}))
     return raw_json(answer.status, answer.body, request_id, answer.headers)
 
 
 async def list_datasets(request: Request) -> Response:
-    return await _handle(request, "list", "GET")
+    return await handle(request, "list", "GET")
 
 
 async def describe_dataset(request: Request) -> Response:
-    return await _handle(request, "describe", "GET", request.path_params["name"])
+    return await handle(request, "describe", "GET", request.path_params["name"])
 
 
 async def query_dataset(request: Request) -> Response:
-    return await _handle(request, "query", "POST", request.path_params["name"])
+    return await handle(request, "query", "POST", request.path_params["name"])
 
 
 async def unknown(request: Request) -> Response:
-    return await _handle(request, "unknown", request.method)
+    return await handle(request, "unknown", request.method)
 
 
 routes = [

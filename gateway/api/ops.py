@@ -25,6 +25,9 @@ async def readyz(request: Request) -> Response:
     if holder.current is None:
         body.update(status="unavailable", reason="no valid policy is loaded")
         return JSONResponse(body, 503)
+    if not state.sync.healthy:
+        return JSONResponse({"status": "unavailable",
+                             "reason": f"store unreachable: its change channel is lost ({state.sync.last_error})"}, 503)
     try:
         async with asyncio.timeout(2.0):
             await ping(state.store)

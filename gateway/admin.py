@@ -1,0 +1,126 @@
+"""Admin operations behind /admin/v1/: revocations and reading the audit trail.
+
+Called by the core like any read (same authentication, same audit record) and
+authorised by the same policy on admin objects (`admin:revocations` write,
+`admin:audit` read).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gateway import audit
+from gateway.auth import Agent
+from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.policy import Policy
+
+if TYPE_CHECKING:
+    from gateway.core import Gateway, ReadRequest, Trace
+
+MAX_AUDIT_PAGE = 1000
+
+
+async def require(policy: Policy, agent: Agent, obj: str, act: str, trace: Trace) -> None:
+    decision = await policy.decide(agent.name, obj, act)
+    trace.rule = decision.rule
+    if not decision.allowed:
+        raise Forbidden(f"not allowed: {act} on {obj}", reason=decision.reason)
+
+
+def _json_body(raw: bytes | None) -> dict[str, Any]:
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+async def revoke(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                 trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:revocations", "write", trace)
+    body = _json_body(req.body)
+    unknown = sorted(set(body) - {"agent", "jti", "reason"})
+    if unknown:
+        raise BadRequest(f"unknown key {unknown[0]!r} (expected agent or jti, and reason)")
+    targets = [(k, body[k]) for k in ("agent", "jti") if k in body]
+    if len(targets) != 1 or not isinstance(targets[0][1], str) or not targets[0][1]:
+        raise BadRequest('give exactly one of {"agent": NAME} or {"jti": TOKEN_ID}')
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest("'reason' must be a string")
+    key, subject = targets[0]
+    rid = await gw.revocations.revoke("agent" if key == "agent" else "token", subject, reason, agent.name)
+    trace.query = json.dumps({key: subject, "reason": reason})
+    return 201, {"id": rid}
+
+
+async def restore(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                  trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:revocations", "write", trace)
+    raw = req.params.get("id", "")
+    if not raw.isdigit():
+        raise NotFound(f"no active revocation {raw!r}")
+    lifted = await gw.revocations.restore(int(raw), agent.name)
+    if lifted is None:
+        trace.query = json.dumps({"id": int(raw)})
+        raise NotFound(f"no active revocation {raw}")
+    trace.query = json.dumps({"id": lifted.id, "agent" if lifted.kind == "agent" else "jti": lifted.subject})
+    return 204, None
+
+
+async def list_revocations(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                           trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:revocations", "write", trace)
+    items = [r.to_dict() for r in gw.revocations.items]
+    trace.rows = len(items)
+    return 200, {"revocations": items}
+
+
+def _audit_filter(params: Mapping[str, str]) -> tuple[audit.AuditFilter, int]:
+    allowed = {"agent", "dataset", "decision", "since", "until", "limit", "work_unit", "on_behalf_of", "cursor"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r} (expected: {', '.join(sorted(allowed))})")
+    p = {k: v for k, v in params.items() if v != ""}
+    try:
+        since = audit.parse_time(p["since"]) if "since" in p else None
+        until = audit.parse_time(p["until"]) if "until" in p else None
+    except ValueError:
+        raise BadRequest("'since' and 'until' take ISO 8601 times such as 2026-01-31T12:00:00Z") from None
+    if "decision" in p and p["decision"] not in audit.DECISIONS:
+        raise BadRequest(f"'decision' is one of: {', '.join(audit.DECISIONS)}")
+    limit_text = p.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT_PAGE:
+        raise BadRequest(f"'limit' is a whole number from 1 to {MAX_AUDIT_PAGE}")
+    cursor = p.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise BadRequest("'cursor' is the next_cursor of a previous page")
+    f = audit.AuditFilter(agent=p.get("agent"), dataset=p.get("dataset"), decision=p.get("decision"), since=since,
+                          until=until, work_unit=p.get("work_unit"), on_behalf_of=p.get("on_behalf_of"),
+                          before_id=int(cursor) if cursor else None)
+    return f, int(limit_text)
+
+
+async def read_audit(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                     trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:audit", "read", trace)
+    f, limit = _audit_filter(req.params)
+    trace.query = json.dumps(dict(req.params))
+    records = await audit.list_records(gw.store, f, limit=limit + 1)
+    more = len(records) > limit
+    records = records[:limit]
+    trace.rows = len(records)
+    return 200, {"records": [r.to_dict() for r in records],
+                 "next_cursor": str(records[-1].id) if more and records else None}
+
+
+OPERATIONS = {
+    "revoke": revoke,
+    "restore": restore,
+    "list_revocations": list_revocations,
+    "read_audit": read_audit,
+}

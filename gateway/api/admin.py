@@ -1,0 +1,35 @@
+"""Admin routes under /admin/v1/: thin adapters onto the same core as the agents' API."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.data import ALL_METHODS, handle
+
+
+async def revocations(request: Request) -> Response:
+    if request.method == "GET":
+        return await handle(request, "list_revocations", "GET")
+    return await handle(request, "revoke", "POST")
+
+
+async def revocation(request: Request) -> Response:
+    return await handle(request, "restore", "DELETE", params={"id": request.path_params["id"]})
+
+
+async def audit_trail(request: Request) -> Response:
+    return await handle(request, "read_audit", "GET", params=dict(request.query_params))
+
+
+async def unknown(request: Request) -> Response:
+    return await handle(request, "unknown", request.method)
+
+
+routes = [
+    Route("/admin/v1/revocations", revocations, methods=ALL_METHODS),
+    Route("/admin/v1/revocations/{id}", revocation, methods=ALL_METHODS),
+    Route("/admin/v1/audit", audit_trail, methods=ALL_METHODS),
+    Route("/admin/v1/{rest:path}", unknown, methods=ALL_METHODS),
+]

@@ -1,0 +1,160 @@
+"""Revocations: the emergency stop on an agent or one token, overriding policy.
+
+Stored in the store (so every replica and the CLI share them) and held in
+memory here (so no request pays a store round trip). ``StoreSync`` keeps the
+memory fresh; while it cannot, ``check`` refuses everything (fail closed).
+A revocation taken through this replica applies here before it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.audit import now
+from gateway.auth import Agent
+from gateway.errors import Forbidden, Unavailable
+from gateway.store import revocations as table
+from gateway.sync import StoreSync, notify
+
+KINDS = ("agent", "token")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    id: int
+    kind: str
+    subject: str
+    reason: str | None
+    created_by: str
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "agent" if self.kind == "agent" else "jti": self.subject,
+                "reason": self.reason, "created_by": self.created_by, "created_at": self.created_at}
+
+
+async def add(engine: AsyncEngine, kind: str, subject: str, reason: str | None, by: str) -> int:
+    assert kind in KINDS
+    async with engine.begin() as conn:
+        result = await conn.execute(insert(table).values(kind=kind, subject=subject, reason=reason, created_by=by,
+                                                         created_at=now()).returning(table.c.id))
+        rid = int(result.scalar_one())
+        await notify(conn, "revocations")
+    return rid
+
+
+async def lift(engine: AsyncEngine, by: str, *, rid: int | None = None, kind: str | None = None,
+               subject: str | None = None) -> list[Revocation]:
+    """Lift one revocation by id, or every active one on (kind, subject); returns what was lifted."""
+    which = (table.c.id == rid) if rid is not None else (table.c.kind == kind) & (table.c.subject == subject)
+    cond = table.c.lifted_at.is_(None) & which
+    async with engine.begin() as conn:
+        lifted = [_row(r) for r in (await conn.execute(select(table).where(cond))).fetchall()]
+        if lifted:
+            await conn.execute(update(table).where(table.c.id.in_([r.id for r in lifted]))
+                               .values(lifted_at=now(), lifted_by=by))
+            await notify(conn, "revocations")
+    return lifted
+
+
+async def active(conn: AsyncConnection) -> list[Revocation]:
+    rows = await conn.execute(select(table).where(table.c.lifted_at.is_(None)).order_by(table.c.id))
+    return [_row(r) for r in rows.fetchall()]
+
+
+def _row(r: Any) -> Revocation:
+    return Revocation(id=r.id, kind=r.kind, subject=r.subject, reason=r.reason, created_by=r.created_by,
+                      created_at=r.created_at.isoformat() if hasattr(r.created_at, "isoformat") else str(r.created_at))
+
+
+class Registry:
+    """The in-memory list this replica checks every request against."""
+
+    def __init__(self, engine: AsyncEngine, sync: StoreSync):
+        self._engine = engine
+        self._sync = sync
+        self._agents: dict[str, Revocation] = {}
+        self._tokens: dict[str, Revocation] = {}
+        self._fingerprint: tuple[Any, ...] | None = None
+        # Reads in flight, by agent name and by jti, so a revocation can stop them mid-way.
+        self._inflight: dict[str, set[asyncio.Future[Any]]] = {}
+        sync.subscribe(self.refresh)
+
+    @property
+    def items(self) -> list[Revocation]:
+        return sorted([*self._agents.values(), *self._tokens.values()], key=lambda r: r.id)
+
+    def check(self, agent: Agent) -> None:
+        if not self._sync.healthy:
+            raise Unavailable("the gateway has lost contact with its store; refusing until it is back",
+                              reason=f"revocation channel lost: {self._sync.last_error}")
+        hit = self._agents.get(agent.name) or (self._tokens.get(agent.jti) if agent.jti else None)
+        if hit is not None:
+            raise Forbidden(f"this {'agent' if hit.kind == 'agent' else 'token'} has been revoked",
+                            reason=f"revoked ({hit.kind} revocation {hit.id}: {hit.reason or 'no reason given'})")
+
+    async def refresh(self, conn: AsyncConnection) -> None:
+        """Re-read the active list when its fingerprint changed (new revocation, or one lifted)."""
+        fp = (await conn.execute(select(func.max(table.c.id), func.count(table.c.lifted_at)))).one()
+        fingerprint = tuple(fp)
+        if fingerprint == self._fingerprint:
+            return
+        self._apply(await active(conn))
+        self._fingerprint = fingerprint
+
+    def _apply(self, items: list[Revocation]) -> None:
+        self._agents = {r.subject: r for r in items if r.kind == "agent"}
+        self._tokens = {r.subject: r for r in items if r.kind == "token"}
+        for r in items:
+            for fut in list(self._inflight.get(r.subject, ())):
+                fut.cancel()
+
+    async def revoke(self, kind: str, subject: str, reason: str | None, by: str) -> int:
+        rid = await add(self._engine, kind, subject, reason, by)
+        # Refuse from this replica's very next request, without waiting for the wake-up.
+        async with self._engine.connect() as conn:
+            await self.refresh(conn)
+        return rid
+
+    async def restore(self, rid: int, by: str) -> Revocation | None:
+        lifted = await lift(self._engine, by, rid=rid)
+        async with self._engine.connect() as conn:
+            await self.refresh(conn)
+        return lifted[0] if lifted else None
+
+    async def guarded(self, agent: Agent, work: Awaitable[T]) -> T:
+        """Run a read so that revoking its agent or token while it runs stops it (403, no data)."""
+        fut = asyncio.ensure_future(work)
+        keys = [agent.name] + ([agent.jti] if agent.jti else [])
+        for key in keys:
+            self._inflight.setdefault(key, set()).add(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled() and not _current_cancelling():
+                self.check(agent)  # raises Forbidden for the revocation that stopped it
+            raise
+        finally:
+            for key in keys:
+                bucket = self._inflight.get(key)
+                if bucket is not None:
+                    bucket.discard(fut)
+                    if not bucket:
+                        del self._inflight[key]
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(BaseException):
+                    await fut
+
+
+def _current_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

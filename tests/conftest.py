@@ -1,0 +1,256 @@
+"""Shared test fixtures: real PostgreSQL and MariaDB databases made for this run,
+workspaces (agentgate.toml + policy directory) in tmp folders, signed JWTs,
+and the gateway in-process through Starlette's TestClient.
+
+Under CI (CI=true) a missing PostgreSQL or MariaDB server fails the run; on a
+developer's machine the tests that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Numeric, String, Table, Text, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import load_settings
+
+SECRET = "test-secret-" + "x" * 40
+AUDIENCE = "agentgate-test"
+PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+MARIADB_ADMIN = "mysql+aiomysql://root@127.0.0.1:3306/"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+MODEL = (Path(__file__).parent.parent / "policies" / "model.conf").read_text()
+
+
+def token(agent: str | None = "support-bot", ttl: int = 600, secret: str = SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    body: dict[str, Any] = {"iat": now, "exp": now + ttl, "aud": AUDIENCE, "jti": secrets.token_hex(8)}
+    if agent is not None:
+        body["sub"] = agent
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+def bearer(agent: str = "support-bot", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(agent, **claims)}"}
+
+
+# --- the rows every SQL source in the tests holds -------------------------------------------------
+
+people = MetaData()
+customers = Table(
+    "customers", people,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("email", String(200)),
+    Column("country", String(2), nullable=False),
+    Column("balance", Numeric(12, 2), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("note", Text),
+)
+orders = Table(
+    "orders", people,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("customer_id", Integer, nullable=False),
+    Column("amount", Numeric(12, 2), nullable=False),
+)
+COUNTRIES = ["DE", "FR", "GB", "US"]
+N_CUSTOMERS = 60
+
+
+def customer_rows() -> list[dict[str, Any]]:
+    base = dt.datetime(2026, 1, 1, 9, 30)
+    return [{
+        "id": i, "name": f"Customer {i:02d}", "email": None if i % 10 == 0 else f"c{i}@example.com",
+        "country": COUNTRIES[i % 4], "balance": Decimal(f"{i * 10}.{i % 100:02d}"),
+        "created_at": base + dt.timedelta(days=i), "active": i % 3 != 0,
+        "note": None if i % 2 else f"note {i % 5}",
+    } for i in range(1, N_CUSTOMERS + 1)]
+
+
+async def _seed(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(people.drop_all)
+            await conn.run_sync(people.create_all)
+            await conn.execute(customers.insert(), customer_rows())
+            await conn.execute(orders.insert(), [{"id": i, "customer_id": 1 + i % N_CUSTOMERS,
+                                                  "amount": Decimal(f"{i}.50")} for i in range(1, 31)])
+    finally:
+        await engine.dispose()
+
+
+def seed(url: str) -> None:
+    asyncio.run(_seed(url))
+
+
+def _server_or_skip(name: str, url: str) -> None:
+    async def probe() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 10))
+    except Exception as exc:
+        msg = f"{name} is not reachable ({type(exc).__name__}: {exc})"
+        if IN_CI:
+            pytest.fail(f"{msg}; CI requires it", pytrace=False)
+        pytest.skip(msg)
+
+
+def _create_database(admin_url: str, name: str, drop: bool = False) -> None:
+    async def run() -> None:
+        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                if admin_url.startswith("postgresql"):
+                    stmt = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' if drop else f'CREATE DATABASE "{name}"'
+                else:
+                    stmt = f"DROP DATABASE IF EXISTS `{name}`" if drop else f"CREATE DATABASE `{name}`"
+                await conn.execute(text(stmt))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def _database(admin_url: str, label: str, server: str) -> Iterator[str]:
+    _server_or_skip(server, admin_url)
+    name = f"agentgate_{label}_{os.getpid()}_{secrets.token_hex(3)}"
+    _create_database(admin_url, name)
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _create_database(admin_url, name, drop=True)
+
+
+@pytest.fixture(scope="session")
+def pg_source() -> Iterator[str]:
+    """A PostgreSQL database of this run, seeded with customers and orders (async URL)."""
+    for url in _database(PG_ADMIN, "src", "PostgreSQL"):
+        seed(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mariadb_source() -> Iterator[str]:
+    for url in _database(MARIADB_ADMIN, "src", "MariaDB"):
+        seed(url)
+        yield url
+
+
+@pytest.fixture
+def pg_store() -> Iterator[str]:
+    """An empty PostgreSQL database for one test's store."""
+    yield from _database(PG_ADMIN, "store", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def sqlite_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("sqlite-src") / "source.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    seed(url)
+    return url
+
+
+# --- workspaces ----------------------------------------------------------------------------------
+
+DATASETS = """
+[datasets.customers]
+source = "main"
+table = "customers"
+owner = "maria.keller@example.com"
+description = "Customer master data"
+max_rows = 25
+
+[datasets.customers.columns.email]
+class = "pii"
+
+[datasets.customers.columns.note]
+class = "internal"
+
+[datasets.orders]
+source = "main"
+table = "orders"
+owner = "sales-ops@example.com"
+"""
+
+POLICY = """
+p, support, customers, read, allow
+p, support, customers, read:pii, allow
+p, analyst, customers, read, allow
+p, analyst, orders, read, allow
+p, analyst, customers, read:pii, deny
+p, security-admin, admin:*, *, allow
+g, support-bot, support
+g, analyst-bot, analyst
+g, alice, security-admin
+"""
+
+
+def write_workspace(root: Path, *, source_url: str, store_url: str | None = None, policy: str = POLICY,
+                    datasets: str = DATASETS, tests: str | None = None, extra: str = "",
+                    model: str = MODEL) -> Path:
+    """agentgate.toml plus a policy directory under root; returns the config path."""
+    pol = root / "policies"
+    pol.mkdir(parents=True, exist_ok=True)
+    (pol / "model.conf").write_text(model)
+    (pol / "policy.csv").write_text(policy)
+    (pol / "datasets.toml").write_text(datasets)
+    if tests is not None:
+        (pol / "tests.toml").write_text(tests)
+    config = root / "agentgate.toml"
+    config.write_text(f"""
+[auth]
+algorithms = ["HS256"]
+secret = "{SECRET}"
+audience = "{AUDIENCE}"
+
+[store]
+url = "{store_url or 'sqlite:///store.db'}"
+
+[policy]
+dir = "policies"
+
+[sources.main]
+url = "{source_url}"
+timeout_seconds = 5
+{extra}
+""")
+    return config
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, sqlite_source: str) -> Path:
+    return write_workspace(tmp_path, source_url=sqlite_source)
+
+
+def client_for(config: Path) -> TestClient:
+    return TestClient(create_app(load_settings(config)), raise_server_exceptions=True)
+
+
+@pytest.fixture
+def client(workspace: Path) -> Iterator[TestClient]:
+    with client_for(workspace) as c:
+        yield c
