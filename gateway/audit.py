@@ -234,6 +234,16 @@ class _PgChainWriter:
             self._conn = None
 
 
+async def record_once(engine: AsyncEngine, record: AuditRecord) -> AuditRecord:
+    """One record from outside the gateway (the CLI's admin acts), on the same chain."""
+    trail = AuditTrail(engine)
+    await trail.start()
+    try:
+        return await trail.record(record)
+    finally:
+        await trail.close()
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     agent: str | None = None

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.config import Settings, find_config, load_settings
 from gateway.errors import ConfigError
 
@@ -50,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     ti.add_argument("--agent", required=True)
     ti.add_argument("--ttl", type=int, default=3600)
     ti.add_argument("--on-behalf-of")
+
+    rv = sub.add_parser("revoke", help="stop an agent or one token, on every replica, at once").add_subparsers(
+        dest="target", required=True, parser_class=_Parser)
+    rs = sub.add_parser("restore", help="lift a revocation").add_subparsers(
+        dest="target", required=True, parser_class=_Parser)
+    for kind, label in (("agent", "NAME"), ("token", "JTI")):
+        one = rv.add_parser(kind, parents=[common], help=f"revoke {'an agent' if kind == 'agent' else 'one token'}")
+        one.add_argument("subject", metavar=label)
+        one.add_argument("--reason")
+        rs.add_parser(kind, parents=[common], help=f"lift the revocation of {label}").add_argument(
+            "subject", metavar=label)
+    sub.add_parser("reload", parents=[common], help="ask every replica to reload the policy directory now")
 
     a = sub.add_parser("audit", help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser)
@@ -95,11 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(settings, args)
         if args.command == "audit":
             return asyncio.run(_audit(settings, args))
+        if args.command in ("revoke", "restore", "reload"):
+            return asyncio.run(_admin(settings, args))
     except ConfigError as exc:
         print(f"agentgate: {exc}", file=sys.stderr)
         return EXIT_FAULT
     except BrokenPipeError:  # `agentgate audit export | head`
         return EXIT_OK
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"agentgate: the store cannot be reached: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+              file=sys.stderr)
+        return EXIT_FAULT
     return EXIT_USAGE
 
 
@@ -246,6 +266,46 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
             async for rec in audit.iter_records(engine, audit.AuditFilter(since=since)):
                 writer.writerow(rec.to_dict())
         out.flush()
+        return EXIT_OK
+    finally:
+        await engine.dispose()
+
+
+async def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    """revoke / restore / reload: write to the store (which every replica follows) and to the trail."""
+    from gateway import audit, revocations
+    from gateway.reloader import request_reload
+    from gateway.store import create_tables, make_store_engine
+
+    actor = f"cli:{_user()}"
+    engine = make_store_engine(settings.store.url)
+    try:
+        await create_tables(engine)
+        if args.command == "reload":
+            await request_reload(engine, actor)
+            await audit.record_once(engine, audit.AuditRecord(
+                time=audit.now(), request_id=uuid.uuid4().hex, action="reload", decision="allow", status=202,
+                agent=actor, query=json.dumps({"requested": True, "dir": str(settings.policy.dir)}),
+                reason="reload requested from the command line", transport="cli"))
+            print("reload requested: every replica validates the policy directory and swaps it in "
+                  "(a refused change shows in /readyz)")
+            return EXIT_OK
+        kind = "agent" if args.target == "agent" else "token"
+        key = "agent" if kind == "agent" else "jti"
+        if args.command == "revoke":
+            rid = await revocations.add(engine, kind, args.subject, args.reason, actor)
+            acted: dict[str, Any] = {key: args.subject, "reason": args.reason}
+            status, message = 201, f"revoked {kind} {args.subject} (revocation {rid})"
+        else:
+            lifted = await revocations.lift(engine, actor, kind=kind, subject=args.subject)
+            acted = {key: args.subject, "ids": [r.id for r in lifted]}
+            status = 204 if lifted else 200
+            message = (f"restored {kind} {args.subject} (lifted revocation {', '.join(str(r.id) for r in lifted)})"
+                       if lifted else f"{kind} {args.subject} had no active revocation; nothing to lift")
+        await audit.record_once(engine, audit.AuditRecord(
+            time=audit.now(), request_id=uuid.uuid4().hex, action=args.command, decision="allow", status=status,
+            agent=actor, query=json.dumps(acted), reason=message, transport="cli"))
+        print(message)
         return EXIT_OK
     finally:
         await engine.dispose()

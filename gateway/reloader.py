@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import watchfiles
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from connectors.sql import SqlConnector
 from gateway.audit import AuditRecord, AuditTrail, format_time, now
@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, Unavailable
 from gateway.policy import POLICY_FILES, Policy, failing_cases, load_policy
 from gateway.sources import check_tables
 from gateway.store import meta
+from gateway.sync import notify
 
 log = logging.getLogger("agentgate.policy")
 
@@ -49,6 +50,16 @@ async def load_checked_policy(settings: Settings, sources: Mapping[str, SqlConne
     return policy
 
 
+async def request_reload(engine: AsyncEngine, actor: str) -> None:
+    """`agentgate reload`: bump the generation in the store; every replica reloads (and validates)."""
+    value = f"{uuid.uuid4().hex} {actor}"
+    async with engine.begin() as conn:
+        done = await conn.execute(update(meta).where(meta.c.key == GENERATION_KEY).values(value=value))
+        if done.rowcount == 0:
+            await conn.execute(insert(meta).values(key=GENERATION_KEY, value=value))
+        await notify(conn, "policy")
+
+
 class PolicyReloader:
     def __init__(self, settings: Settings, holder: PolicyHolder, trail: AuditTrail,
                  sources: Mapping[str, SqlConnector]):
@@ -60,6 +71,7 @@ class PolicyReloader:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._generation: str | None = None
+        self._seen = False  # the generation in the store when we started is not a request
         self._signal = False
 
     async def start(self) -> None:
@@ -92,9 +104,10 @@ class PolicyReloader:
     async def on_store(self, conn: AsyncConnection) -> None:
         """StoreSync subscriber: `agentgate reload` bumps a generation in the store."""
         value = (await conn.execute(select(meta.c.value).where(meta.c.key == GENERATION_KEY))).scalar_one_or_none()
-        if value == self._generation:
+        if self._seen and value == self._generation:
             return
-        first, self._generation = self._generation is None, value
+        first = not self._seen
+        self._seen, self._generation = True, value
         if not first and value:
             actor = value.split(" ", 1)[1] if " " in value else "cli"
             self._tasks.append(asyncio.create_task(self.reload(actor, list(POLICY_FILES))))
