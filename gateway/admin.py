@@ -7,11 +7,12 @@ authorised by the same policy on admin objects (`admin:revocations` write,
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway import audit
+from gateway import audit, integrity
 from gateway.auth import Agent
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.policy import Policy
@@ -118,7 +119,65 @@ async def read_audit(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy
                  "next_cursor": str(records[-1].id) if more and records else None}
 
 
+async def audit_record(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                       trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:audit", "read", trace)
+    raw = req.params.get("id", "")
+    trace.query = json.dumps({"id": raw})
+    record = await audit.get_record(gw.store, int(raw)) if raw.isdigit() else None
+    if record is None:
+        raise NotFound(f"no audit record {raw}")
+    trace.rows = 1
+    return 200, {"record": record.to_dict()}
+
+
+async def audit_verify(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                       trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:audit", "read", trace)
+    report = await integrity.verify_all(gw.store, gw.checkpoint_key)
+    return 200, {"ok": report.ok, "count": report.count, "checkpoints": report.checkpoints,
+                 "bad_id": report.bad_id, "problem": report.problem}
+
+
+async def audit_activity(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                         trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:audit", "read", trace)
+    p = dict(req.params)
+    try:
+        until = audit.parse_time(p["until"]) if p.get("until") else audit.now()
+        since = audit.parse_time(p["since"]) if p.get("since") else until - dt.timedelta(hours=24)
+    except ValueError:
+        raise BadRequest("'since' and 'until' take ISO 8601 times") from None
+    if since >= until:
+        raise BadRequest("'since' must be before 'until'")
+    trace.query = json.dumps(p)
+    return 200, await audit.activity(gw.store, since, until)
+
+
+async def audit_export(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                       trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:audit", "read", trace)
+    params = dict(req.params)
+    fmt = params.pop("format", "jsonl")
+    if fmt not in ("jsonl", "csv"):
+        raise BadRequest("'format' is jsonl or csv")
+    f, _ = _audit_filter(params)
+    trace.query = json.dumps(dict(req.params))
+
+    async def body() -> AsyncIterator[bytes]:
+        async for line in audit.export_lines(gw.store, fmt, f):
+            yield line.encode()
+
+    trace.stream = body()
+    trace.media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    return 200, None
+
+
 OPERATIONS = {
+    "audit_record": audit_record,
+    "audit_verify": audit_verify,
+    "audit_activity": audit_activity,
+    "audit_export": audit_export,
     "revoke": revoke,
     "restore": restore,
     "list_revocations": list_revocations,

@@ -15,6 +15,7 @@ from gateway.audit import AuditTrail
 from gateway.auth import Authenticator
 from gateway.config import Settings, find_config, load_settings
 from gateway.core import Gateway, PolicyHolder
+from gateway.integrity import Checkpointer
 from gateway.metrics import Metrics
 from gateway.query import CursorCodec
 from gateway.reloader import PolicyReloader, load_checked_policy
@@ -62,8 +63,14 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             state.reloader = reloader
             authenticator = Authenticator(settings.auth)
             stack.push_async_callback(authenticator.aclose)
+            key = settings.audit.checkpoint_key.reveal() if settings.audit.checkpoint_key else None
+            if key is not None:
+                checkpointer = Checkpointer(store, key, settings.audit.checkpoint_seconds)
+                await checkpointer.start()
+                stack.push_async_callback(checkpointer.close)
             state.gateway = Gateway(authenticator=authenticator, policies=holder, audit=trail, sources=sources,
-                                    cursors=cursors, metrics=metrics, revocations=revocations, store=store)
+                                    cursors=cursors, metrics=metrics, revocations=revocations, store=store,
+                                    checkpoint_key=key)
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",
                      len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
             yield

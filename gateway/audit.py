@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import time
@@ -32,7 +34,7 @@ from gateway.store import audit as audit_table
 log = logging.getLogger("agentgate.audit")
 
 GENESIS = "0" * 64
-_CHAIN_LOCK = 7243002
+CHAIN_LOCK = 7243002
 DECISIONS = ("allow", "deny", "pending", "error")
 
 
@@ -217,7 +219,7 @@ class _PgChainWriter:
         conn = self._conn
         try:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
                 tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
                 out = _chain(records, tail["id"] if tail else None, tail["hash"] if tail else None)
                 await conn.executemany(self._INSERT, [tuple(getattr(r, f) for f in FIELD_ORDER) for r in out])
@@ -279,6 +281,12 @@ def _where(stmt: Any, f: AuditFilter) -> Any:
     return stmt
 
 
+async def get_record(engine: AsyncEngine, rid: int) -> AuditRecord | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(audit_table).where(audit_table.c.id == rid))).first()
+    return _from_row(row) if row is not None else None
+
+
 async def list_records(engine: AsyncEngine, f: AuditFilter, limit: int = 100) -> list[AuditRecord]:
     stmt = _where(select(audit_table), f).order_by(audit_table.c.id.desc()).limit(limit)
     async with engine.connect() as conn:
@@ -304,6 +312,46 @@ async def iter_records(engine: AsyncEngine, f: AuditFilter | None = None,
         last = rows[-1].id
 
 
+async def export_lines(engine: AsyncEngine, fmt: str, f: AuditFilter | None = None) -> AsyncIterator[str]:
+    """The trail as JSON lines or CSV (header first), oldest first, one record at a time."""
+    if fmt == "jsonl":
+        async for rec in iter_records(engine, f):
+            yield json.dumps(rec.to_dict(), separators=(",", ":")) + "\n"
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(FIELD_ORDER), lineterminator="\n")
+    writer.writeheader()
+    yield buffer.getvalue()
+    async for rec in iter_records(engine, f):
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(rec.to_dict())
+        yield buffer.getvalue()
+
+
+async def activity(engine: AsyncEngine, since: dt.datetime, until: dt.datetime, buckets: int = 48,
+                   limit: int = 200_000) -> dict[str, Any]:
+    """Reads over time by agent, for the review page's chart: counts per time bucket."""
+    c = audit_table.c
+    stmt = (select(c.time, c.agent, c.decision).where(c.time >= since, c.time < until, c.action == "read")
+            .order_by(c.id).limit(limit))
+    width = max((until - since).total_seconds() / buckets, 1.0)
+    series: dict[str, list[int]] = {}
+    denied = [0] * buckets
+    async with engine.connect() as conn:
+        for moment, agent, decision in (await conn.execute(stmt)).fetchall():
+            if isinstance(moment, str):
+                moment = parse_time(moment)
+            elif moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.UTC)
+            i = min(buckets - 1, int((moment - since).total_seconds() // width))
+            series.setdefault(agent or "(unauthenticated)", [0] * buckets)[i] += 1
+            if decision != "allow":
+                denied[i] += 1
+    return {"since": format_time(since), "until": format_time(until), "bucket_seconds": width,
+            "series": dict(sorted(series.items())), "refused": denied}
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -312,11 +360,13 @@ class Verification:
     problem: str | None = None
 
 
-async def verify(engine: AsyncEngine) -> Verification:
-    """Walk the chain oldest first; name the first record that does not hold."""
-    prev, expected_id, count = GENESIS, None, 0
+async def verify(engine: AsyncEngine, start: tuple[int, str] = (1, GENESIS)) -> Verification:
+    """Walk the chain oldest first from `start` (first id, its prev_hash: the anchor after a prune);
+    name the first record that does not hold."""
+    expected_id, prev = start
+    count = 0
     async for rec in iter_records(engine):
-        if expected_id is not None and rec.id != expected_id:
+        if rec.id != expected_id:
             return Verification(False, count, rec.id, f"record {expected_id} is missing before record {rec.id}")
         if rec.prev_hash != prev:
             return Verification(False, count, rec.id, "prev_hash does not match the record before it "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import getpass
 import json
 import logging
@@ -77,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--on-behalf-of")
     al.add_argument("--limit", type=int, default=100)
     al.add_argument("--json", action="store_true")
-    a.add_parser("verify", parents=[common], help="check the hash chain")
+    av = a.add_parser("verify", parents=[common], help="check the hash chain, the anchor and the checkpoints")
+    av.add_argument("--checkpoint", action="append", default=[], metavar="TOKEN",
+                    help="a checkpoint kept elsewhere (from `audit checkpoint` or the log); repeatable")
+    a.add_parser("checkpoint", parents=[common], help="sign the trail's current tail and print the checkpoint")
+    ap = a.add_parser("prune", parents=[common], help="delete records older than a date, keeping the rest verifiable")
+    ap.add_argument("--before", required=True, help="ISO 8601 date or time")
     ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
     ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
     ae.add_argument("--since", help="ISO 8601 time")
@@ -228,19 +232,52 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway import audit
+    from gateway import audit, integrity
     from gateway.store import create_tables, make_store_engine
 
     engine = make_store_engine(settings.store.url)
     try:
         await create_tables(engine)
+        key = settings.audit.checkpoint_key.reveal() if settings.audit.checkpoint_key else None
         if args.audit_command == "verify":
-            result = await audit.verify(engine)
-            if result.ok:
-                print(f"ok {result.count} records")
+            try:
+                external = [integrity.parse_checkpoint(t) for t in args.checkpoint]
+            except ValueError as exc:
+                print(f"agentgate: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            if external and key is None:
+                print("agentgate: checking a checkpoint needs [audit] checkpoint_key in the config", file=sys.stderr)
+                return EXIT_USAGE
+            report = await integrity.verify_all(engine, key, external)
+            if report.ok:
+                extra = f", {report.checkpoints} checkpoints" if report.checkpoints else ""
+                print(f"ok {report.count} records{extra}")
                 return EXIT_OK
-            print(f"FAIL record {result.bad_id}: {result.problem} ({result.count} records verified before it)")
+            print(f"FAIL record {report.bad_id}: {report.problem} ({report.count} records verified before it)")
             return EXIT_FAULT
+        if args.audit_command == "checkpoint":
+            if key is None:
+                print("agentgate: signed checkpoints need [audit] checkpoint_key in the config", file=sys.stderr)
+                return EXIT_FAULT
+            cp = await integrity.take_checkpoint(engine, key)
+            print(cp.token() if cp else "the trail is empty: nothing to sign")
+            return EXIT_OK
+        if args.audit_command == "prune":
+            try:
+                before = audit.parse_time(args.before)
+            except ValueError:
+                print("agentgate: --before takes an ISO 8601 date such as 2026-01-01", file=sys.stderr)
+                return EXIT_USAGE
+            pruned, anchor = await integrity.prune(engine, before, key)
+            actor = f"cli:{_user()}"
+            message = (f"pruned {pruned} records before {audit.format_time(before)}; the trail now starts at "
+                       f"record {anchor.first_id}" if anchor else "nothing to prune")
+            await audit.record_once(engine, audit.AuditRecord(
+                time=audit.now(), request_id=uuid.uuid4().hex, action="prune", decision="allow", status=200,
+                agent=actor, rows=pruned, query=json.dumps({"before": audit.format_time(before)}), reason=message,
+                transport="cli"))
+            print(message)
+            return EXIT_OK
         try:
             since = audit.parse_time(args.since) if args.since else None
             until = audit.parse_time(args.until) if getattr(args, "until", None) else None
@@ -257,14 +294,8 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
                 _print_table(records)
             return EXIT_OK
         out = sys.stdout
-        if args.format == "jsonl":
-            async for rec in audit.iter_records(engine, audit.AuditFilter(since=since)):
-                out.write(json.dumps(rec.to_dict(), separators=(",", ":")) + "\n")
-        else:
-            writer = csv.DictWriter(out, fieldnames=list(audit.FIELD_ORDER))
-            writer.writeheader()
-            async for rec in audit.iter_records(engine, audit.AuditFilter(since=since)):
-                writer.writerow(rec.to_dict())
+        async for line in audit.export_lines(engine, args.format, audit.AuditFilter(since=since)):
+            out.write(line)
         out.flush()
         return EXIT_OK
     finally:

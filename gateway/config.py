@@ -26,13 +26,14 @@ MAX_LEEWAY_SECONDS = 30.0
 
 # Every key agentgate.toml takes, by table; the README documents each (a test checks).
 CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources"},
+    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit"},
     "server": {"host", "port", "max_body_bytes"},
     "sql": {"enabled"},
     "approvals": {"ttl_seconds"},
     "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
              "jwks_cache_seconds"},
     "store": {"url"},
+    "audit": {"checkpoint_key", "checkpoint_seconds"},
     "policy": {"dir"},
     "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
 }
@@ -116,6 +117,12 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    checkpoint_key: Secret | None = None  # HMAC key for signed checkpoints and the prune anchor
+    checkpoint_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     dir: Path = Path("policies")
 
@@ -142,6 +149,7 @@ class Settings:
     store: StoreSettings
     policy: PolicySettings
     sources: Mapping[str, SourceSettings]
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def find_config(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -193,6 +201,14 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
     store = StoreSettings(url=_sql_url(reader, reader.get(st, "store.url", str, "sqlite:///agentgate.db"),
                                        "store.url", base))
 
+    au = reader.table(data, "audit")
+    reader.only(au, "audit", CONFIG_KEYS["audit"])
+    key = reader.get(au, "audit.checkpoint_key", str, None)
+    if key is not None and len(key.encode()) < 32:
+        raise ConfigError(path, "audit.checkpoint_key", "must be at least 32 bytes long")
+    audit = AuditSettings(checkpoint_key=Secret(key) if key else None,
+                          checkpoint_seconds=float(reader.positive(au, "audit.checkpoint_seconds", 60.0)))
+
     p = reader.table(data, "policy")
     reader.only(p, "policy", CONFIG_KEYS["policy"])
     policy = PolicySettings(dir=base / reader.get(p, "policy.dir", str, "policies"))
@@ -205,7 +221,7 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         sources[name] = _source(reader, name, src, base)
 
     return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
-                    store=store, policy=policy, sources=sources)
+                    store=store, policy=policy, sources=sources, audit=audit)
 
 
 def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,8 @@ log = logging.getLogger("agentgate.core")
 FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read it"
 # The audit record's `action` for each operation.
 ACTIONS = {"list": "list", "describe": "describe", "query": "read", "revoke": "revoke", "restore": "restore",
-           "list_revocations": "list_revocations", "read_audit": "read_audit"}
+           "list_revocations": "list_revocations", "read_audit": "read_audit", "audit_record": "read_audit",
+           "audit_verify": "verify_audit", "audit_activity": "read_audit", "audit_export": "export_audit"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class Answer:
     body: bytes
     payload: Mapping[str, Any] | None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # A streamed answer (an export of the trail): its record is written before the first byte leaves.
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Trace:
     columns: list[str] | None = None
     masked: list[str] | None = None
     query: str | None = None  # what was acted on, when it is not the body as sent
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = "application/json"
 
 
 class PolicyHolder:
@@ -106,8 +112,9 @@ class PolicyHolder:
 class Gateway:
     def __init__(self, *, authenticator: Authenticator, policies: PolicyHolder, audit: AuditTrail,
                  sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics,
-                 revocations: Registry, store: AsyncEngine):
+                 revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None):
         self.auth = authenticator
+        self.checkpoint_key = checkpoint_key
         self.revocations = revocations
         self.store = store
         self.policies = policies
@@ -149,15 +156,16 @@ class Gateway:
             trace.reason = "internal error"
             payload = error_body("internal", "internal error", req.request_id)
         body = _render(payload) if payload is not None else b""
+        streamed = trace.stream is not None and status == 200
         who = trace.agent
         record = AuditRecord(
             time=now(), request_id=req.request_id, action=ACTIONS.get(req.operation, req.operation),
             decision=decision, status=status, agent=who.name if who else None,
             on_behalf_of=who.on_behalf_of if who else None, work_unit=req.work_unit,
             dataset=trace.dataset, query=trace.query or _query_text(req), reason=trace.reason, rows=trace.rows,
-            bytes=len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            bytes=None if streamed else len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
             source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
-            response_sha256=hashlib.sha256(body).hexdigest(), rule=trace.rule,
+            response_sha256=None if streamed else hashlib.sha256(body).hexdigest(), rule=trace.rule,
             columns=json.dumps(trace.columns) if trace.columns is not None else None,
             masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport)
         try:
@@ -167,8 +175,12 @@ class Gateway:
             status, decision = 503, "error"
             payload = error_body(exc.code, exc.message, req.request_id)
             body, headers = _render(payload), {}
+            streamed = False
         self.metrics.requests.labels(decision, trace.dataset or "").inc()
         self.metrics.latency.labels(req.operation).observe(time.perf_counter() - started)
+        if streamed:
+            return Answer(status=status, body=b"", payload=None, headers=headers, stream=trace.stream,
+                          media_type=trace.media_type)
         return Answer(status=status, body=body, payload=payload, headers=headers)
 
     async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:

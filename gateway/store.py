@@ -80,6 +80,29 @@ revocations = Table(
     Index("ix_revocations_active", "kind", "subject"),
 )
 
+checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("record_id", BigInteger, nullable=False),
+    Column("record_hash", String(64), nullable=False),
+    Column("signature", String(64), nullable=False),
+)
+
+# After `audit prune`: where the kept chain starts, so it stays verifiable.
+anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: one anchor
+    Column("first_id", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("pruned", BigInteger, nullable=False),
+    Column("before", DateTime(timezone=True), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("signature", String(64)),
+)
+
 meta = Table(
     "agentgate_meta",
     metadata,

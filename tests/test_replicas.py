@@ -174,3 +174,14 @@ def test_sqlite_workers_obey_the_same_revocations(tmp_path: Path, sqlite_source:
         assert [server.read(tok) for _ in range(20)] == [403] * 20  # whichever worker answers
     finally:
         server.stop()
+
+
+def test_sighup_reloads_the_policy(tmp_path: Path, sqlite_source: str) -> None:
+    config = write_workspace(tmp_path, source_url=sqlite_source)
+    server = Replica(config)
+    try:
+        server.proc.send_signal(signal.SIGHUP)
+        until(lambda: '"agent": "signal:SIGHUP"' in cli(config, "audit", "list", "--json").stdout, 5.0)
+        assert server.http.get("/readyz").status_code == 200
+    finally:
+        server.stop()

@@ -23,6 +23,22 @@ async def audit_trail(request: Request) -> Response:
     return await handle(request, "read_audit", "GET", params=dict(request.query_params))
 
 
+async def audit_record(request: Request) -> Response:
+    return await handle(request, "audit_record", "GET", params={"id": request.path_params["id"]})
+
+
+async def audit_verify(request: Request) -> Response:
+    return await handle(request, "audit_verify", "GET")
+
+
+async def audit_activity(request: Request) -> Response:
+    return await handle(request, "audit_activity", "GET", params=dict(request.query_params))
+
+
+async def audit_export(request: Request) -> Response:
+    return await handle(request, "audit_export", "GET", params=dict(request.query_params))
+
+
 async def unknown(request: Request) -> Response:
     return await handle(request, "unknown", request.method)
 
@@ -31,5 +47,9 @@ routes = [
     Route("/admin/v1/revocations", revocations, methods=ALL_METHODS),
     Route("/admin/v1/revocations/{id}", revocation, methods=ALL_METHODS),
     Route("/admin/v1/audit", audit_trail, methods=ALL_METHODS),
+    Route("/admin/v1/audit/verify", audit_verify, methods=ALL_METHODS),
+    Route("/admin/v1/audit/activity", audit_activity, methods=ALL_METHODS),
+    Route("/admin/v1/audit/export", audit_export, methods=ALL_METHODS),
+    Route("/admin/v1/audit/{id}", audit_record, methods=ALL_METHODS),
     Route("/admin/v1/{rest:path}", unknown, methods=ALL_METHODS),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.api.http import new_request_id, raw_json, read_body
@@ -32,6 +32,9 @@ async def handle(request: Request, operation: str, method: str, dataset: str | N
         request_id=request_id, operation=operation, authorization=headers.get("authorization"),
         dataset=dataset, body=body, body_too_large=too_large, work_unit=headers.get("x-work-unit") or None,
         approval_id=headers.get("x-approval-id") or None, route_error=route_error, params=params or {}))
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, status_code=answer.status, media_type=answer.media_type,
+                                 headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **answer.headers})
     return raw_json(answer.status, answer.body, request_id, answer.headers)
 
 

@@ -1,0 +1,207 @@
+"""What keeps the trail verifiable beyond its own hash chain: signed checkpoints and the prune anchor.
+
+The chain detects an edited, inserted, deleted or reordered record, but not a
+cut tail: deleting the newest records leaves a valid, shorter chain. A
+checkpoint is a signed (HMAC, key from config) statement "record N had hash H
+at time T"; the gateway stores one periodically and logs it, and reviewers
+may keep copies elsewhere (`audit checkpoint`). Verification checks every
+checkpoint still matches the chain, so a cut tail that a checkpoint covers is
+found. After `audit prune`, the anchor says where the kept chain starts and
+which hash precedes it, so what remains still verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import audit
+from gateway.store import anchor as anchor_table
+from gateway.store import audit as audit_table
+from gateway.store import checkpoints as checkpoint_table
+
+log = logging.getLogger("agentgate.audit")
+PREFIX = "agentgate-checkpoint"
+
+
+def sign(key: str, *parts: object) -> str:
+    return hmac.new(key.encode(), "|".join(str(p) for p in parts).encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    record_id: int
+    record_hash: str
+    time: str
+    signature: str
+
+    def token(self) -> str:
+        """The form to keep elsewhere and hand back to `audit verify --checkpoint`."""
+        return f"{PREFIX}:{self.record_id}:{self.record_hash}:{self.time}:{self.signature}"
+
+    def valid(self, key: str) -> bool:
+        return hmac.compare_digest(self.signature, sign(key, self.record_id, self.record_hash, self.time))
+
+
+def parse_checkpoint(token: str) -> Checkpoint:
+    parts = token.strip().split(":", 3)
+    try:
+        prefix, rid, digest, rest = parts
+        moment, signature = rest.rsplit(":", 1)
+        if prefix != PREFIX or len(digest) != 64 or len(signature) != 64:
+            raise ValueError
+        return Checkpoint(int(rid), digest, moment, signature)
+    except ValueError:
+        raise ValueError(f"not a checkpoint: expected {PREFIX}:ID:HASH:TIME:SIGNATURE") from None
+
+
+async def take_checkpoint(engine: AsyncEngine, key: str) -> Checkpoint | None:
+    """Sign and store the chain's current tail; None on an empty trail."""
+    async with engine.begin() as conn:
+        tail = (await conn.execute(select(audit_table.c.id, audit_table.c.hash)
+                                   .order_by(audit_table.c.id.desc()).limit(1))).first()
+        if tail is None:
+            return None
+        moment = audit.format_time(audit.now())
+        cp = Checkpoint(int(tail.id), tail.hash, moment, sign(key, tail.id, tail.hash, moment))
+        await conn.execute(insert(checkpoint_table).values(time=audit.parse_time(moment), record_id=cp.record_id,
+                                                           record_hash=cp.record_hash, signature=cp.signature))
+    return cp
+
+
+async def stored_checkpoints(engine: AsyncEngine) -> list[Checkpoint]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(checkpoint_table).order_by(checkpoint_table.c.id))).fetchall()
+    return [Checkpoint(int(r.record_id), r.record_hash, audit.format_time(r.time), r.signature) for r in rows]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    first_id: int
+    prev_hash: str
+    pruned: int
+    before: str
+    signature: str | None
+
+    def valid(self, key: str) -> bool:
+        return self.signature is not None and hmac.compare_digest(
+            self.signature, sign(key, self.first_id, self.prev_hash, self.pruned, self.before))
+
+
+async def load_anchor(engine: AsyncEngine) -> Anchor | None:
+    async with engine.connect() as conn:
+        return await _anchor(conn)
+
+
+async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None) -> tuple[int, Anchor | None]:
+    """Delete the records older than `before` (a prefix of the chain) and move the anchor after them."""
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({audit.CHAIN_LOCK})"))
+        c = audit_table.c
+        keep = (await conn.execute(select(func.min(c.id)).where(c.time >= before))).scalar()
+        tail = (await conn.execute(select(c.id, c.hash).order_by(c.id.desc()).limit(1))).first()
+        if tail is None:
+            return 0, None
+        first_kept = int(keep) if keep is not None else int(tail.id) + 1
+        last_pruned = (await conn.execute(select(c.hash).where(c.id == first_kept - 1))).scalar()
+        if last_pruned is None:
+            return 0, await _anchor(conn)
+        pruned = (await conn.execute(delete(audit_table).where(c.id < first_kept))).rowcount or 0
+        await conn.execute(delete(checkpoint_table).where(checkpoint_table.c.record_id < first_kept))
+        old = await _anchor(conn)
+        total = (old.pruned if old else 0) + pruned
+        moment = audit.format_time(before)
+        signature = sign(key, first_kept, last_pruned, total, moment) if key else None
+        values = dict(first_id=first_kept, prev_hash=last_pruned, pruned=total, before=before, time=audit.now(),
+                      signature=signature)
+        if old is None:
+            await conn.execute(insert(anchor_table).values(id=1, **values))
+        else:
+            await conn.execute(update(anchor_table).where(anchor_table.c.id == 1).values(**values))
+        return pruned, Anchor(first_kept, last_pruned, total, moment, signature)
+
+
+async def _anchor(conn: AsyncConnection) -> Anchor | None:
+    row = (await conn.execute(select(anchor_table).where(anchor_table.c.id == 1))).first()
+    if row is None:
+        return None
+    return Anchor(int(row.first_id), row.prev_hash, int(row.pruned), audit.format_time(row.before), row.signature)
+
+
+@dataclass(frozen=True)
+class Report:
+    ok: bool
+    count: int
+    checkpoints: int
+    bad_id: int | None = None
+    problem: str | None = None
+
+
+async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkpoint] | None = None) -> Report:
+    """The chain from its anchor, then every stored and external checkpoint against it."""
+    anchor = await load_anchor(engine)
+    if anchor is not None and key is not None and not anchor.valid(key):
+        return Report(False, 0, 0, anchor.first_id, "the prune anchor's signature does not match (it was altered)")
+    start = (anchor.first_id, anchor.prev_hash) if anchor else (1, audit.GENESIS)
+    chain = await audit.verify(engine, start)
+    if not chain.ok:
+        return Report(False, chain.count, 0, chain.bad_id, chain.problem)
+    checked = 0
+    for cp in [*(await stored_checkpoints(engine)), *(external or [])]:
+        if key is not None and not cp.valid(key):
+            return Report(False, chain.count, checked, cp.record_id,
+                          f"checkpoint of record {cp.record_id} has a bad signature (forged or altered)")
+        if cp.record_id < start[0]:
+            continue  # pruned on purpose, behind the anchor
+        record = await audit.get_record(engine, cp.record_id)
+        if record is None:
+            return Report(False, chain.count, checked, cp.record_id,
+                          f"record {cp.record_id}, signed in a checkpoint at {cp.time}, is missing: "
+                          "the trail was cut")
+        if record.hash != cp.record_hash:
+            return Report(False, chain.count, checked, cp.record_id,
+                          f"record {cp.record_id} no longer has the hash its checkpoint at {cp.time} signed")
+        checked += 1
+    return Report(True, chain.count, checked)
+
+
+class Checkpointer:
+    """Signs the tail every `seconds` while the trail grows, and logs each checkpoint (a copy outside the store)."""
+
+    def __init__(self, engine: AsyncEngine, key: str, seconds: float):
+        self._engine, self._key, self._seconds = engine, key, seconds
+        self._task: asyncio.Task[None] | None = None
+        self._last: int | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-checkpoints")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._seconds)
+            try:
+                async with self._engine.connect() as conn:
+                    tail = (await conn.execute(select(func.max(audit_table.c.id)))).scalar()
+                if tail is None or tail == self._last:
+                    continue
+                cp = await take_checkpoint(self._engine, self._key)
+                if cp is not None:
+                    self._last = cp.record_id
+                    log.info("audit checkpoint %s", cp.token())
+            except Exception as exc:  # the store is down: the next round tries again
+                log.warning("audit checkpoint failed: %s", exc)
