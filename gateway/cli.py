@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import getpass
 import json
 import logging
@@ -24,6 +25,7 @@ from gateway.config import Settings, find_config, load_settings
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE = 0, 1, 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,30 +33,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"agentgate: {message}\n")
 
 
+def _int_in(low: int, high: int) -> Any:
+    """An argparse type: a whole number from low to high (else exit 2 with a one-line reason)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{number} is not between {low} and {high}")
+        return number
+    return parse
+
+
+def _name(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", help="agentgate.toml (default: $AGENTGATE_CONFIG, else ./agentgate.toml)")
+    # SUPPRESS: a --config given after a group name (`token --config X issue`) is not reset by the subcommand.
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="agentgate.toml (default: $AGENTGATE_CONFIG, else ./agentgate.toml)")
     p = _Parser(prog="agentgate", description="A data-access gateway for AI agents.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("serve", parents=[common], help="run the gateway")
     s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--port", type=_int_in(0, 65535))
+    s.add_argument("--workers", type=_int_in(1, 1024), default=1)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     sub.add_parser("check", parents=[common], help="validate config, model, policy, catalog and policy tests")
 
-    t = sub.add_parser("token", help="tokens for development and demos").add_subparsers(
+    t = sub.add_parser("token", parents=[common], help="tokens for development and demos").add_subparsers(
         dest="token_command", required=True, parser_class=_Parser)
     ti = t.add_parser("issue", parents=[common], help="mint a token with the configured HS* secret")
-    ti.add_argument("--agent", required=True)
+    ti.add_argument("--agent", required=True, type=_name)
     ti.add_argument("--ttl", type=int, default=3600)
     ti.add_argument("--on-behalf-of")
 
-    rv = sub.add_parser("revoke", help="stop an agent or one token, on every replica, at once").add_subparsers(
+    rv = sub.add_parser("revoke", parents=[common],
+                        help="stop an agent or one token, on every replica, at once").add_subparsers(
         dest="target", required=True, parser_class=_Parser)
-    rs = sub.add_parser("restore", help="lift a revocation").add_subparsers(
+    rs = sub.add_parser("restore", parents=[common], help="lift a revocation").add_subparsers(
         dest="target", required=True, parser_class=_Parser)
     for kind, label in (("agent", "NAME"), ("token", "JTI")):
         one = rv.add_parser(kind, parents=[common], help=f"revoke {'an agent' if kind == 'agent' else 'one token'}")
@@ -64,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
             "subject", metavar=label)
     sub.add_parser("reload", parents=[common], help="ask every replica to reload the policy directory now")
 
-    a = sub.add_parser("audit", help="read and verify the audit trail").add_subparsers(
+    a = sub.add_parser("audit", parents=[common], help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser)
     al = a.add_parser("list", parents=[common], help="read the trail, newest first")
     al.add_argument("--agent")
@@ -90,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs the whole model at INFO on every load
     config = find_config(getattr(args, "config", None))
     if not config.is_file():
@@ -139,13 +163,28 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     common: dict[str, Any] = dict(host=host, port=port, log_level=args.log_level, access_log=False,
-                                  proxy_headers=False, timeout_graceful_shutdown=10)
+                                  proxy_headers=False, timeout_graceful_shutdown=10,
+                                  log_config=_log_config(args.log_level))
     if args.workers > 1:
         os.environ["AGENTGATE_CONFIG"] = str(settings.path)
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)
     return EXIT_OK
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus the gateway's own loggers at --log-level. uvicorn applies it in every
+    worker process too, which the parent's basicConfig does not reach (--workers N lost every line)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["gateway"] = {"format": LOG_FORMAT}
+    config["handlers"]["gateway"] = {"class": "logging.StreamHandler", "formatter": "gateway",
+                                     "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["gateway"], "level": level.upper()}
+    config["loggers"]["casbin"] = {"level": "WARNING"}  # it logs the whole model at INFO on every load
+    return config
 
 
 async def _preflight(settings: Settings) -> int:
@@ -181,14 +220,16 @@ async def _check(settings: Settings) -> int:
     print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} role assignments, "
           f"{len(policy.catalog.datasets)} datasets: ok")
     sources = await asyncio.to_thread(open_sources, settings.sources)
+    table_faults: list[ConfigError] = []
     try:
-        await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml", strict_reachability=True)
-        print("tables: every catalog table exists: ok")
-    except ConfigError as exc:
-        faults.append(str(exc))
+        await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml", strict_reachability=True,
+                           faults=table_faults)
     finally:
         for source in sources.values():
             await source.close()
+    faults.extend(str(f) for f in table_faults)
+    if not table_faults:
+        print("tables: every catalog table exists: ok")
     results = await policy.run_cases()
     for i, r in enumerate(results, start=1):
         got = "allow" if r.decision.allowed else "deny"

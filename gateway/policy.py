@@ -145,7 +145,9 @@ def lint(policy: Policy) -> tuple[list[str], list[str]]:
         if sub in roles and sub not in held:
             warnings.append(f"role {sub!r} is granted rules but no agent holds it")
         elif sub not in roles and sub not in members:
-            warnings.append(f"{sub!r} has rules but holds no role and is no role: is it an agent name?")
+            # No g line names it: a role nobody holds, or an agent granted rules directly.
+            warnings.append(f"role {sub!r} is granted rules but no agent holds it "
+                            "(no g line names it; ignore this if it is an agent's own name)")
     grantees = {r.sub for r in policy.rules if r.eft == "allow" and r.act in ("read", "*")}
     for ds in policy.catalog:
         readable = False

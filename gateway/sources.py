@@ -30,10 +30,12 @@ def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnect
 
 
 async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], policy_file: object,
-                       *, strict_reachability: bool) -> list[str]:
+                       *, strict_reachability: bool, faults: list[ConfigError] | None = None) -> list[str]:
     """Reflect every catalog table. A missing table is a ConfigError; an unreachable source is
-    one (when strict, as in `check`) or a warning returned (at start: the source may come back)."""
+    one (when strict, as in `check`) or a warning returned (at start: the source may come back).
+    With `faults`, every fault is collected there (for `check`) instead of the first being raised."""
     warnings: list[str] = []
+    found: list[ConfigError] = []
 
     async def one(ds: Dataset, table: str, source: SqlConnector) -> None:
         name = ds.name
@@ -41,18 +43,23 @@ async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], po
             await source.prepare([table])
             present = {c.name for c in await source.columns(table)}
         except MissingTable as exc:
-            raise ConfigError(policy_file, f"datasets.{name}.table", str(exc)) from None
+            found.append(ConfigError(policy_file, f"datasets.{name}.table", str(exc)))
+            return
         except (SourceUnavailable, SourceTimedOut) as exc:
             if strict_reachability:
-                raise ConfigError(policy_file, f"datasets.{name}.source", str(exc)) from None
-            warnings.append(f"dataset {name!r}: {exc}")
+                found.append(ConfigError(policy_file, f"datasets.{name}.source", str(exc)))
+            else:
+                warnings.append(f"dataset {name!r}: {exc}")
             return
-        for column in ds.column_classes:
-            if column not in present:
-                raise ConfigError(policy_file, f"datasets.{name}.columns.{column}",
-                                  f"table {table!r} has no column {column!r}")
+        found.extend(ConfigError(policy_file, f"datasets.{name}.columns.{column}",
+                                 f"table {table!r} has no column {column!r}")
+                     for column in ds.column_classes if column not in present)
 
     jobs = [one(ds, ds.table, sources[ds.source]) for ds in catalog
             if ds.table is not None and ds.source in sources]
     await asyncio.gather(*jobs)
+    if faults is not None:
+        faults.extend(found)
+    elif found:
+        raise found[0]
     return warnings

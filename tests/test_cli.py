@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import shutil
@@ -61,10 +62,16 @@ def agentgate(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | 
                           cwd=cwd or Path(__file__).parent, env=env or _env(), timeout=timeout)
 
 
-def agentgate_many(calls: Sequence[Sequence[str | Path]]) -> list[subprocess.CompletedProcess[str]]:
-    """Several independent CLI runs at once, results in order."""
+def agentgate_many(calls: Sequence[Sequence[str | Path] | tuple[Sequence[str | Path], dict[str, Any]]]
+                   ) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent CLI runs at once, results in order. A call is ARGS, or (ARGS, {"cwd": .., "env": ..})."""
+    def one(call: Any) -> subprocess.CompletedProcess[str]:
+        if len(call) == 2 and isinstance(call[1], dict):
+            return agentgate(*call[0], **call[1])
+        return agentgate(*call)
+
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) + 1)) as pool:
-        return list(pool.map(lambda args: agentgate(*args), calls))
+        return list(pool.map(one, calls))
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:
@@ -124,8 +131,6 @@ CHECK_CASES: dict[str, CheckCase] = {
     # faults in the policy directory
     "no_owner": CheckCase(_ws(datasets=DATASETS.replace(ORDERS_OWNER, "")), 1, (
         "datasets.toml", "datasets.orders.owner", "owner")),
-    "blank_owner": CheckCase(_ws(datasets=DATASETS.replace(ORDERS_OWNER, 'owner = "  "\n')), 1, (
-        "datasets.orders.owner",)),
     "unknown_source": CheckCase(_ws(datasets=DATASETS.replace('source = "main"\ntable = "orders"',
                                                               'source = "warehouse"\ntable = "orders"')), 1, (
         "datasets.orders.source", "unknown source 'warehouse'")),
@@ -193,18 +198,21 @@ def test_valid_check_has_no_warnings_and_admin_grants_are_no_fault(
 
 def test_exit_2_on_bad_arguments_and_missing_config(tmp_path: Path, sqlite_source: str) -> None:
     cfg = write_workspace(tmp_path, source_url=sqlite_source)
-    missing, nested_audit, nested_token, *bad = agentgate_many([
+    missing, nested_audit, nested_token, group_audit, group_token, *bad = agentgate_many([
         ("check", "--config", tmp_path / "missing.toml"),
         ("audit", "list", "--config", cfg),
         ("token", "issue", "--agent", "a", "--config", cfg),
+        ("audit", "--config", cfg, "verify"),  # anywhere after the command name
+        ("token", "--config", cfg, "issue", "--agent", "a"),
         ("frobnicate", "--config", cfg),
         ("check", "--frobnicate", "--config", cfg),
         ("token", "issue", "--config", cfg),  # --agent is required
-        ("audit", "--config", cfg),  # no audit subcommand
         ("audit", "list", "--decision", "maybe", "--config", cfg),
         ("audit", "list", "--since", "yesterday-ish", "--config", cfg),
         ("token", "issue", "--agent", "a", "--ttl", "0", "--config", cfg),
-        ("serve", "--port", "not-a-port", "--config", cfg),
+        ("token", "issue", "--agent", "", "--config", cfg),  # the gateway refuses an empty sub
+        ("serve", "--port", "99999", "--config", cfg),  # would otherwise listen on 99999 % 65536
+        ("serve", "--workers", "0", "--config", cfg),
     ])
     assert missing.returncode == 2
     assert "missing.toml" in one_line_reason(missing)
@@ -212,6 +220,8 @@ def test_exit_2_on_bad_arguments_and_missing_config(tmp_path: Path, sqlite_sourc
     assert nested_audit.returncode == 0, output(nested_audit)
     assert nested_token.returncode == 0, output(nested_token)
     assert nested_token.stdout.count(".") == 2
+    assert (group_audit.returncode, group_audit.stdout.strip()) == (0, "ok 0 records"), output(group_audit)
+    assert group_token.returncode == 0 and group_token.stdout.count(".") == 2, output(group_token)
     for proc in bad:
         assert proc.returncode == 2, (proc.args, output(proc))
         one_line_reason(proc)
@@ -219,29 +229,31 @@ def test_exit_2_on_bad_arguments_and_missing_config(tmp_path: Path, sqlite_sourc
 
 def test_config_found_via_env_then_working_directory(tmp_path: Path, sqlite_source: str) -> None:
     cfg = write_workspace(tmp_path / "ws", source_url=sqlite_source)
-    env = _env() | {"AGENTGATE_CONFIG": str(cfg)}
-    by_env = agentgate("check", env=env)
+    by_env, by_cwd, nowhere, folder = agentgate_many([
+        (["check"], {"env": _env() | {"AGENTGATE_CONFIG": str(cfg)}}),
+        (["check"], {"cwd": cfg.parent}),
+        (["check"], {"cwd": tmp_path}),
+        ["check", "--config", tmp_path],  # a folder is no config file
+    ])
     assert by_env.returncode == 0, output(by_env)
     assert str(cfg) in by_env.stdout
-    by_cwd = agentgate("check", cwd=cfg.parent)
     assert by_cwd.returncode == 0, output(by_cwd)
-    nowhere = agentgate("check", cwd=tmp_path)
+    assert str(cfg) in by_cwd.stdout
     assert nowhere.returncode == 2
     assert "agentgate.toml" in one_line_reason(nowhere)
-
-
-def test_config_that_is_a_folder_is_exit_2(tmp_path: Path) -> None:
-    proc = agentgate("check", "--config", tmp_path)
-    assert proc.returncode == 2
-    one_line_reason(proc)
+    assert folder.returncode == 2
+    one_line_reason(folder)
 
 
 # --- agentgate token issue ------------------------------------------------------------------------
 
 def test_token_issue_mints_a_token_the_gateway_accepts(tmp_path: Path, sqlite_source: str) -> None:
     cfg = write_workspace(tmp_path, source_url=sqlite_source)
-    proc = agentgate("token", "issue", "--agent", "support-bot", "--ttl", "120", "--on-behalf-of",
-                     "maria@example.com", "--config", cfg)
+    proc, plain = agentgate_many([
+        ("token", "issue", "--agent", "support-bot", "--ttl", "120", "--on-behalf-of", "maria@example.com",
+         "--config", cfg),
+        ("token", "issue", "--agent", "support-bot", "--config", cfg),
+    ])
     assert proc.returncode == 0, output(proc)
     tok = proc.stdout.strip()
     assert "\n" not in tok
@@ -254,8 +266,7 @@ def test_token_issue_mints_a_token_the_gateway_accepts(tmp_path: Path, sqlite_so
         r = c.post("/v1/datasets/customers/query", json={"limit": 2}, headers={"Authorization": f"Bearer {tok}"})
         assert r.status_code == 200, r.text
         assert len(r.json()["rows"]) == 2
-    again = agentgate("token", "issue", "--agent", "support-bot", "--config", cfg).stdout.strip()
-    second = jwt.decode(again, SECRET, algorithms=["HS256"], audience=AUDIENCE)
+    second = jwt.decode(plain.stdout.strip(), SECRET, algorithms=["HS256"], audience=AUDIENCE)
     assert second["jti"] != claims["jti"]
     assert "on_behalf_of" not in second
     assert abs(second["exp"] - (time.time() + 3600)) < 10  # the default --ttl
@@ -263,8 +274,9 @@ def test_token_issue_mints_a_token_the_gateway_accepts(tmp_path: Path, sqlite_so
 
 def test_token_issue_without_an_hs_secret_is_exit_1(tmp_path: Path, sqlite_source: str) -> None:
     cfg = _rs256_only(tmp_path, sqlite_source)
-    assert agentgate("check", "--config", cfg).returncode == 0  # the config itself is valid
-    proc = agentgate("token", "issue", "--agent", "support-bot", "--config", cfg)
+    check, proc = agentgate_many([("check", "--config", cfg),
+                                  ("token", "issue", "--agent", "support-bot", "--config", cfg)])
+    assert check.returncode == 0, output(check)  # the config itself is valid
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "HS" in one_line_reason(proc)
@@ -297,9 +309,8 @@ def trail(tmp_path_factory: pytest.TempPathFactory, sqlite_source: str) -> Trail
 
 
 def test_audit_list_text(trail: Trail) -> None:
-    everything, denied, future = agentgate_many([
+    everything, future = agentgate_many([
         ("audit", "list", "--config", trail.config),
-        ("audit", "list", "--decision", "deny", "--config", trail.config),
         ("audit", "list", "--since", "2999-01-01T00:00:00Z", "--config", trail.config),
     ])
     assert everything.returncode == 0, output(everything)
@@ -307,8 +318,6 @@ def test_audit_list_text(trail: Trail) -> None:
     assert head.split()[:2] == ["id", "time"] and "decision" in head
     assert len(rows) == trail.count
     assert [int(r.split()[0]) for r in rows] == list(range(trail.count, 0, -1))  # newest first
-    assert denied.returncode == 0
-    assert len(denied.stdout.strip().splitlines()) == 1 + 2
     assert future.returncode == 0
     assert future.stdout.strip() == "no records"
 
@@ -321,11 +330,10 @@ def test_audit_list_json_and_filters(trail: Trail) -> None:
         ("audit", "list", "--json", "--decision", "deny", "--config", trail.config),
         ("audit", "list", "--json", "--decision", "error", "--config", trail.config),
         ("audit", "list", "--json", "--since", "2999-01-01T00:00:00Z", "--config", trail.config),
-        ("audit", "list", "--json", "--since", "2020-01-01", "--config", trail.config),
     ])
     for proc in runs:
         assert proc.returncode == 0, output(proc)
-    every, by_agent, by_dataset, denied, errors, future, past = (json.loads(p.stdout) for p in runs)
+    every, by_agent, by_dataset, denied, errors, future = (json.loads(p.stdout) for p in runs)
     assert [r["id"] for r in every] == list(range(trail.count, 0, -1))
     for rec in every:
         assert set(SPEC_FIELDS) <= set(rec)
@@ -335,7 +343,6 @@ def test_audit_list_json_and_filters(trail: Trail) -> None:
     assert [(r["id"], r["status"], r["agent"]) for r in denied] == [(3, 401, None), (2, 403, "support-bot")]
     assert [(r["id"], r["status"]) for r in errors] == [(4, 400)]
     assert future == []
-    assert past == every
 
 
 def test_audit_export_jsonl(trail: Trail) -> None:
@@ -360,18 +367,17 @@ def test_audit_export_jsonl(trail: Trail) -> None:
     assert len(first["response_sha256"]) == 64
     assert records[4]["on_behalf_of"] == "maria@example.com" and records[4]["work_unit"] == "T-42"
     assert records[0]["prev_hash"] == "0" * 64
-    for before, rec in zip(records, records[1:], strict=False):
+    for before, rec in itertools.pairwise(records):
         assert rec["prev_hash"] == before["hash"]
-    future = agentgate("audit", "export", "--format", "jsonl", "--since", "2999-01-01T00:00:00Z",
-                       "--config", trail.config)
-    assert future.returncode == 0 and future.stdout == ""
 
 
 def test_audit_export_csv(trail: Trail) -> None:
-    jsonl, as_csv = agentgate_many([
+    jsonl, as_csv, future = agentgate_many([
         ("audit", "export", "--format", "jsonl", "--config", trail.config),
         ("audit", "export", "--format", "csv", "--config", trail.config),
+        ("audit", "export", "--format", "jsonl", "--since", "2999-01-01T00:00:00Z", "--config", trail.config),
     ])
+    assert future.returncode == 0 and future.stdout == ""
     assert as_csv.returncode == 0, output(as_csv)
     rows = list(csv.reader(io.StringIO(as_csv.stdout)))
     header, body = rows[0], rows[1:]
@@ -401,15 +407,15 @@ def test_audit_verify_ok(trail: Trail) -> None:
     assert proc.stdout.strip() == f"ok {trail.count} records"
 
 
-def test_audit_verify_on_an_empty_store(tmp_path: Path, sqlite_source: str) -> None:
-    proc = agentgate("audit", "verify", "--config", write_workspace(tmp_path, source_url=sqlite_source))
-    assert proc.returncode == 0, output(proc)
-    assert proc.stdout.strip() == "ok 0 records"
+def test_audit_on_an_unreachable_store_is_one_line(tmp_path: Path, sqlite_source: str) -> None:
+    cfg = write_workspace(tmp_path, source_url=sqlite_source, store_url="postgresql://nobody@127.0.0.1:1/nothing")
+    proc = agentgate("audit", "verify", "--config", cfg)
+    assert proc.returncode == 1
+    assert "store" in one_line_reason(proc)
 
 
 TAMPERING = {
     "edit_rows": (["UPDATE audit SET rows = 500 WHERE id = 1"], 1),
-    "edit_reason": (["UPDATE audit SET reason = 'fine' WHERE id = 2"], 2),
     "delete_middle": (["DELETE FROM audit WHERE id = 3"], 4),
     "swap_ids": (["UPDATE audit SET id = -2 WHERE id = 2", "UPDATE audit SET id = 2 WHERE id = 3",
                   "UPDATE audit SET id = 3 WHERE id = -2"], 2),

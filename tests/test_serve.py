@@ -158,6 +158,8 @@ def test_serve_with_two_workers_shares_one_store(tmp_path: Path, sqlite_source: 
             with ThreadPoolExecutor(8) as readers:
                 answers = list(readers.map(read, range(1, reads + 1)))
             assert answers == [(200, [i]) for i in range(1, reads + 1)]
+    # Each worker logs through the gateway's own loggers too (uvicorn configures logging per worker).
+    assert (tmp_path / "serve.log").read_text().count("agentgate ready") == 2
     verified = cli("audit", "verify", "--config", config)
     assert (verified.returncode, verified.stdout.strip()) == (0, f"ok {reads} records"), verified.stdout
     listed = json.loads(cli("audit", "list", "--json", "--limit", "1000", "--config", config).stdout)
