@@ -23,6 +23,7 @@ from gateway.revocations import Registry
 from gateway.sources import check_tables, open_sources
 from gateway.store import create_tables, make_store_engine, shared_secret
 from gateway.sync import StoreSync
+from gateway.web import routes as web_routes
 
 __all__ = ["app_from_env", "create_app", "load_checked_policy"]
 
@@ -75,7 +76,7 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                      len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
             yield
 
-    return Starlette(routes=[*data.routes, *admin.routes, *ops.routes], lifespan=lifespan)
+    return Starlette(routes=[*data.routes, *admin.routes, *ops.routes, *web_routes.routes], lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:

@@ -1,0 +1,1 @@
+"""The security reviewers' web page at /admin/: server-rendered HTML over the one read path."""

@@ -1,0 +1,493 @@
+"""The security reviewers' web page at /admin/.
+
+Fast tests drive it in-process with the TestClient; one end-to-end test runs
+`agentgate serve` and signs in with headless Chromium (Debian's /usr/bin/chromium
+driven by Playwright), then saves a screenshot to tests/artifacts/review-page.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.audit import FIELD_ORDER
+from gateway.web import chart
+from gateway.web.routes import COOKIE
+from tests.conftest import IN_CI, bearer, client_for, token, write_workspace
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+class Rows(HTMLParser):
+    """The body rows of the trail table: (row class, [cell texts])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str, list[str]]] = []
+        self._in_body = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append((dict(attrs).get("class") or "", []))
+        elif tag in ("td", "th") and self._in_body and self.rows:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self._in_body = False
+        elif tag in ("td", "th") and self._cell is not None:
+            self.rows[-1][1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def trail_rows(html: str) -> list[tuple[str, list[str]]]:
+    """Each record row: (class, cells) with cells id, time, agent, on_behalf_of, action, dataset, decision, ..."""
+    parser = Rows()
+    parser.feed(html.split('<table class="trail">', 1)[1])
+    return [r for r in parser.rows if r[0].startswith("decision-")]
+
+
+def make_reads(client: TestClient) -> None:
+    """Allowed, denied, failed and unauthenticated reads, so the trail has something to review."""
+    ok = {"columns": ["id", "name"], "limit": 2}
+    assert client.post("/v1/datasets/customers/query", json=ok, headers=bearer("support-bot")).status_code == 200
+    assert client.post("/v1/datasets/customers/query", json=ok,
+                       headers=bearer("analyst-bot", on_behalf_of="jane@example.com")).status_code == 200
+    assert client.post("/v1/datasets/orders/query", json={}, headers=bearer("support-bot")).status_code == 403
+    assert client.post("/v1/datasets/customers/query", json={"columns": ["nope"]},
+                       headers={**bearer("analyst-bot"), "X-Work-Unit": "TICKET-7"}).status_code == 400
+    assert client.post("/v1/datasets/customers/query", json=ok,
+                       headers={"Authorization": "Bearer junk"}).status_code == 401
+
+
+def sign_in(client: TestClient, agent: str = "alice") -> None:
+    r = client.post("/admin/login", data={"token": token(agent)}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/admin/"
+
+
+def trail(client: TestClient, **params: str) -> list[dict[str, object]]:
+    """The trail as the JSON admin API gives it to alice (itself leaving an http record)."""
+    r = client.get("/admin/v1/audit", params={"limit": "1000", **params}, headers=bearer("alice"))
+    assert r.status_code == 200, r.text
+    records: list[dict[str, object]] = r.json()["records"]
+    return records
+
+
+@pytest.fixture
+def config(tmp_path: Path, sqlite_source: str) -> Path:
+    return write_workspace(tmp_path, source_url=sqlite_source)
+
+
+@pytest.fixture
+def client(config: Path) -> Iterator[TestClient]:
+    with client_for(config) as c:
+        make_reads(c)
+        yield c
+
+
+# --- signing in ------------------------------------------------------------------------------------
+
+
+def test_without_a_session_the_page_shows_the_sign_in_form(client: TestClient) -> None:
+    r = client.get("/admin/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert '<form method="post" action="/admin/login">' in r.text
+    assert '<label for="token">' in r.text and 'name="token"' in r.text
+    assert "set-cookie" not in r.headers
+    assert r.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert "Sign out" not in r.text
+    # /admin without the slash leads there too; other pages want a session.
+    assert client.get("/admin", follow_redirects=False).headers["location"] == "/admin/"
+    r = client.get("/admin/records/1")
+    assert r.status_code == 401 and 'name="token"' in r.text
+    assert 'name="next" value="/admin/records/1"' in r.text
+    assert client.get("/admin/export?format=csv").status_code == 401
+
+
+def test_a_bad_token_shows_the_form_again_with_the_core_s_message(client: TestClient) -> None:
+    secret_ish = "not-a-jwt-but-secret-0123456789"
+    r = client.post("/admin/login", data={"token": secret_ish}, follow_redirects=False)
+    assert r.status_code == 401
+    assert "malformed token" in r.text and 'name="token"' in r.text
+    assert secret_ish not in r.text  # never echoed
+    assert "set-cookie" not in r.headers
+    r = client.post("/admin/login", data={"token": token("alice", ttl=-120)}, follow_redirects=False)
+    assert r.status_code == 401 and "expired" in r.text
+    r = client.post("/admin/login", data={"token": "  "}, follow_redirects=False)
+    assert r.status_code == 400 and "paste a reviewer token" in r.text
+
+
+def test_an_agent_that_may_not_read_the_trail_is_refused(client: TestClient) -> None:
+    r = client.post("/admin/login", data={"token": token("support-bot")}, follow_redirects=False)
+    assert r.status_code == 403
+    assert "not allowed: read on admin:audit" in r.text
+    assert "set-cookie" not in r.headers
+    # The refused sign-in is itself in the trail, as a denial through the web.
+    refused = trail(client, agent="support-bot", decision="deny")
+    assert any(rec["action"] == "read_audit" and rec["transport"] == "web" for rec in refused)
+
+
+def test_a_reviewer_signs_in_with_an_httponly_strict_cookie(client: TestClient) -> None:
+    tok = token("alice")
+    r = client.post("/admin/login", data={"token": f"Bearer {tok}"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin/"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={tok};")
+    attrs = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+    assert "httponly" in attrs
+    assert attrs["samesite"].lower() == "samesite=strict"
+    assert attrs["path"] == "Path=/admin"
+    assert tok not in r.text
+    r = client.get("/admin/")
+    assert r.status_code == 200 and "Audit trail" in r.text and "Sign out" in r.text
+    assert tok not in r.text
+
+
+def test_signing_in_from_a_page_returns_to_it(client: TestClient) -> None:
+    r = client.post("/admin/login", data={"token": token("alice"), "next": "/admin/records/3"},
+                    follow_redirects=False)
+    assert r.headers["location"] == "/admin/records/3"
+    client.cookies.clear()
+    for evil in ("https://evil.example/", "//evil.example/admin/", "/admin/..//evil", "/v1/datasets"):
+        r = client.post("/admin/login", data={"token": token("alice"), "next": evil}, follow_redirects=False)
+        assert r.headers["location"] == "/admin/", evil
+
+
+def test_posts_from_another_site_are_refused(client: TestClient) -> None:
+    r = client.post("/admin/login", data={"token": token("alice")}, headers={"Origin": "https://evil.example"},
+                    follow_redirects=False)
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    sign_in(client)
+    r = client.post("/admin/logout", headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403
+    r = client.post("/admin/logout", headers={"Origin": "http://testserver"}, follow_redirects=False)
+    assert r.status_code == 303
+
+
+# --- the dashboard ---------------------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_the_chain_the_chart_and_the_records(client: TestClient) -> None:
+    sign_in(client)
+    html = client.get("/admin/").text
+    assert re.search(r"chain verified: \d+ records", html)
+    assert 'class="status ok"' in html
+    # The chart: an inline SVG with a legend naming the agents, and the refused count.
+    assert '<svg class="chart"' in html and 'role="img"' in html
+    legend = html.split('class="legend"', 1)[1].split("</ul>", 1)[0]
+    for name in ("support-bot", "analyst-bot", "(unauthenticated)", "refused"):
+        assert name in legend
+    assert re.search(r"<strong>5</strong> reads", html) and re.search(r"<strong>3</strong> refused", html)
+    # The table: semantic, newest first, denials and errors marked by class and by a text badge.
+    assert "<caption" in html and '<th scope="col">Agent</th>' in html
+    rows = trail_rows(html)
+    ids = [int(cells[0]) for _, cells in rows]
+    assert ids == sorted(ids, reverse=True)
+    denied = [cells for cls, cells in rows if cls == "decision-deny" and cells[2] == "support-bot"]
+    assert len(denied) == 1 and denied[0][4] == "read" and denied[0][5] == "orders"
+    assert "DENIED" in denied[0][6]
+    failed = [cells for cls, cells in rows if cls == "decision-error"]
+    assert failed and "ERROR" in failed[0][6] and failed[0][2] == "analyst-bot"
+    assert [cells for cls, cells in rows if cls == "decision-deny" and cells[2] == "(unauthenticated)"]
+    assert any(cells[3] == "jane@example.com" for _, cells in rows)
+    assert f'<a href="/admin/records/{ids[0]}"' in html
+    # Export links carry the current filters.
+    assert 'href="/admin/export?format=csv"' in html and 'href="/admin/export?format=jsonl"' in html
+
+
+def test_a_broken_chain_is_shown_in_red_with_the_first_bad_record(client: TestClient, config: Path) -> None:
+    with contextlib.closing(sqlite3.connect(config.parent / "store.db")) as db, db:
+        db.execute("UPDATE audit SET reason = 'nothing to see' WHERE id = 3")
+    sign_in(client)
+    html = client.get("/admin/").text
+    assert 'class="status broken" role="alert"' in html
+    assert re.search(r'chain broken at record <a href="/admin/records/3">3</a>: its content does not match', html)
+    assert "2 records verified before it" in html
+
+
+def test_the_chart_keeps_the_busiest_agents_and_counts_the_refused() -> None:
+    series = {f"bot-{i}": [i, 0, 1] for i in range(10)}
+    c = chart.build({"since": "2026-01-31T00:00:00.000000Z", "until": "2026-01-31T03:00:00.000000Z",
+                     "bucket_seconds": 3600.0, "series": series, "refused": [2, 0, 1]})
+    assert [e.name for e in c.legend][:3] == ["bot-9", "bot-8", "bot-7"]
+    assert c.legend[-1].name == "4 other agents" and c.legend[-1].total == sum(i + 1 for i in range(4))
+    assert len(c.legend) == len(chart.PALETTE)
+    assert c.total == sum(sum(v) for v in series.values()) and c.refused == 3
+    assert [t.label for t in c.x_ticks] == ["00:00", "01:00", "02:00"]
+    assert [r.label for r in c.refused_counts] == ["2", "1"]
+    tallest = max(b.y for b in c.bars if b.title.startswith("bot-9"))
+    assert c.top <= tallest < c.baseline
+    assert chart.build({"since": "2026-01-31T00:00:00Z", "until": "2026-01-31T03:00:00Z", "series": {},
+                        "refused": []}).total == 0
+
+
+def test_filters_narrow_the_table_and_the_exports(client: TestClient) -> None:
+    sign_in(client)
+    html = client.get("/admin/", params={"agent": "support-bot", "decision": "deny"}).text
+    rows = trail_rows(html)
+    assert rows and all(cls == "decision-deny" and cells[2] == "support-bot" for cls, cells in rows)
+    assert 'value="support-bot"' in html and '<option value="deny" selected>' in html
+    assert 'href="/admin/export?format=csv&amp;agent=support-bot&amp;decision=deny"' in html
+    rows = trail_rows(client.get("/admin/", params={"dataset": "customers", "work_unit": "TICKET-7"}).text)
+    assert len(rows) == 1 and rows[0][0] == "decision-error"
+    rows = trail_rows(client.get("/admin/", params={"on_behalf_of": "jane@example.com"}).text)
+    assert len(rows) == 1 and rows[0][1][2] == "analyst-bot"
+    rows = trail_rows(client.get("/admin/", params={"since": "2001-01-01T00:00Z", "until": "2001-01-02T00:00Z"}).text)
+    assert rows == []
+    # Empty fields are no filter; a bad one is the core's 400, with its message and request id.
+    assert len(trail_rows(client.get("/admin/?agent=&dataset=&decision=").text)) >= 5
+    r = client.get("/admin/", params={"since": "yesterday"})
+    assert r.status_code == 400
+    assert "ISO 8601" in r.text and re.search(r"request id <span class=\"mono\">[0-9a-f]{32}</span>", r.text)
+
+
+def test_older_pages_follow_the_cursor(client: TestClient) -> None:
+    for _ in range(50):
+        client.get("/v1/datasets", headers=bearer("support-bot"))
+    sign_in(client)
+    first = client.get("/admin/", params={"agent": "support-bot"}).text
+    rows = trail_rows(first)
+    assert len(rows) == 50
+    older = re.search(r'href="(/admin/\?agent=support-bot&amp;cursor=\d+)" rel="next"', first)
+    assert older
+    second = client.get(older.group(1).replace("&amp;", "&")).text
+    more = trail_rows(second)
+    assert more and int(more[0][1][0]) < int(rows[-1][1][0])
+    assert all(cells[2] == "support-bot" for _, cells in more)
+    assert "« Newest" in second
+
+
+def test_text_from_the_trail_is_escaped(client: TestClient) -> None:
+    client.get("/v1/datasets/customers", headers=bearer("<script>alert(1)</script>"))
+    sign_in(client)
+    html = client.get("/admin/").text
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --- a record, exports ----------------------------------------------------------------------------
+
+
+def test_a_record_shows_every_field_with_its_hashes(client: TestClient) -> None:
+    denied = trail(client, agent="support-bot", decision="deny", dataset="orders")[0]
+    sign_in(client)
+    r = client.get(f"/admin/records/{denied['id']}")
+    assert r.status_code == 200
+    for name in FIELD_ORDER:
+        assert f'<th scope="row">{name}</th>' in r.text
+    assert str(denied["hash"]) in r.text and str(denied["prev_hash"]) in r.text
+    assert str(denied["request_id"]) in r.text and "DENIED" in r.text
+    # The query pretty-printed.
+    ok = trail(client, agent="support-bot", decision="allow", dataset="customers")[0]
+    r = client.get(f"/admin/records/{ok['id']}")
+    assert '<pre>{\n  &#34;columns&#34;: [\n    &#34;id&#34;,' in r.text
+    r = client.get("/admin/records/99999")
+    assert r.status_code == 404 and "no audit record 99999" in r.text and "request id" in r.text
+
+
+def test_csv_export_downloads_the_filtered_trail(client: TestClient) -> None:
+    sign_in(client)
+    expected = [r["id"] for r in trail(client, decision="deny")]
+    r = client.get("/admin/export", params={"format": "csv", "decision": "deny"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    assert re.fullmatch(r'attachment; filename="agentgate-audit-\d{8}T\d{6}Z\.csv"', r.headers["content-disposition"])
+    records = list(csv.DictReader(io.StringIO(r.text)))
+    assert list(records[0]) == list(FIELD_ORDER)
+    assert {rec["decision"] for rec in records} == {"deny"}
+    assert [int(rec["id"]) for rec in records] == sorted(expected)  # oldest first
+    r = client.get("/admin/export", params={"format": "jsonl", "agent": "analyst-bot"})
+    assert r.status_code == 200 and r.headers["content-disposition"].endswith('.jsonl"')
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines and {rec["agent"] for rec in lines} == {"analyst-bot"}
+    r = client.get("/admin/export", params={"format": "xml"})
+    assert r.status_code == 400 and "jsonl or csv" in r.text
+
+
+def test_every_page_view_is_authorised_and_audited_as_web(client: TestClient) -> None:
+    sign_in(client)
+    client.get("/admin/")
+    rid = trail(client, agent="support-bot")[0]["id"]
+    client.get(f"/admin/records/{rid}")
+    client.get("/admin/export", params={"format": "csv"})
+    web = [r for r in trail(client, agent="alice") if r["transport"] == "web"]
+    actions = [r["action"] for r in web]
+    assert actions.count("read_audit") >= 4  # sign-in, the table, the activity chart, the record
+    assert "verify_audit" in actions and "export_audit" in actions
+    assert all(r["decision"] == "allow" for r in web)
+    detail = next(r for r in web if r["action"] == "read_audit" and json.loads(str(r["query"])) == {"id": str(rid)})
+    assert detail["rows"] == 1
+
+
+def test_a_revoked_reviewer_is_signed_out_on_the_next_page(client: TestClient) -> None:
+    sign_in(client)
+    assert client.get("/admin/").status_code == 200
+    r = client.post("/admin/v1/revocations", json={"agent": "alice", "reason": "test"}, headers=bearer("alice"))
+    assert r.status_code == 201
+    r = client.get("/admin/")
+    assert r.status_code == 403 and 'name="token"' in r.text
+    assert f"{COOKIE}=" in r.headers["set-cookie"] and "Max-Age=0" in r.headers["set-cookie"]
+
+
+def test_logout_clears_the_cookie(client: TestClient) -> None:
+    sign_in(client)
+    r = client.post("/admin/logout", follow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f'{COOKIE}="";') and "Max-Age=0" in cookie and "Path=/admin" in cookie
+    assert COOKIE not in client.cookies
+    r = client.get(r.headers["location"])
+    assert r.status_code == 200 and 'name="token"' in r.text and "You have signed out." in r.text
+
+
+# --- end to end: `agentgate serve` and a real browser ----------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serving(config: Path, log: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "AGENTGATE_CONFIG"}
+    with log.open("wb") as out:
+        script = Path(sys.executable).parent / "agentgate"
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+        proc = subprocess.Popen([*command, "serve", "--config", str(config), "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"agentgate serve was not ready within 15 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _browser_or_skip() -> None:
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "playwright is not installed (pip install playwright; no browser download is needed)"
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"{reason}; CI requires it", pytrace=False)
+        pytest.skip(reason)
+
+
+def test_end_to_end_in_headless_chromium(tmp_path: Path, sqlite_source: str) -> None:
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    config = write_workspace(tmp_path, source_url=sqlite_source)
+    with _serving(config, tmp_path / "serve.log") as base:
+        with httpx.Client(base_url=base) as http:
+            for agent, dataset, body, status in [
+                ("support-bot", "customers", {"columns": ["id", "name", "email"], "limit": 3}, 200),
+                ("analyst-bot", "orders", {"limit": 5}, 200),
+                ("analyst-bot", "customers", {"where": [["country", "=", "DE"]], "limit": 5}, 200),
+                ("support-bot", "orders", {}, 403),
+                ("analyst-bot", "customers", {"columns": ["nope"]}, 400),
+                ("support-bot", "customers", {"order_by": ["-id"], "limit": 2}, 200),
+            ]:
+                r = http.post(f"/v1/datasets/{dataset}/query", json=body, headers=bearer(agent))
+                assert r.status_code == status, r.text
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(10_000)
+                page.goto(f"{base}/admin/")
+                expect(page.get_by_role("heading", name="Sign in to review the audit trail")).to_be_visible()
+                page.get_by_label("Reviewer token").fill(token("support-bot"))
+                page.get_by_role("button", name="Sign in").click()
+                expect(page.get_by_role("alert")).to_contain_text("not allowed: read on admin:audit")
+
+                page.get_by_label("Reviewer token").fill(token("alice"))
+                page.get_by_role("button", name="Sign in").click()
+                expect(page.locator("#chain-status")).to_contain_text(re.compile(r"chain verified: \d+ records"))
+                cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/admin"
+                assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+
+                denied = page.locator("table.trail tbody tr.decision-deny").filter(has_text="orders")
+                expect(denied).to_have_count(1)
+                expect(denied.locator(".badge")).to_have_text("✗ DENIED")
+                colour = denied.evaluate("el => getComputedStyle(el).backgroundColor")
+                assert colour not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
+                expect(page.locator("table.trail tbody tr.decision-error")).to_have_count(1)
+                expect(page.locator("svg.chart")).to_be_visible()
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
+
+                page.get_by_label("Decision").select_option("deny")
+                page.get_by_role("button", name="Apply filters").click()
+                expect(page.locator("table.trail tbody tr:not(.decision-deny)")).to_have_count(0)
+
+                denied.locator("th a").click()
+                expect(page.get_by_role("heading", name=re.compile(r"Audit record \d+"))).to_be_visible()
+                row = page.locator("table.fields tr", has=page.locator("th", has_text=re.compile("^hash$")))
+                expect(row.locator("td")).to_have_text(re.compile(r"^\s*[0-9a-f]{64}\s*$"))
+                expect(page.locator("table.fields")).to_contain_text("no policy line grants this")
+                page.screenshot(path=str(ARTIFACTS / "review-record.png"), full_page=True)
+
+                page.get_by_role("button", name="Sign out").click()
+                expect(page.get_by_label("Reviewer token")).to_be_visible()
+                assert not [c for c in page.context.cookies() if c["name"] == COOKIE]
+            finally:
+                browser.close()
