@@ -51,12 +51,12 @@ from typing import Any
 import casbin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table  # noqa: E402
+from _common import percentile, table
 
-from gateway.config import load_settings  # noqa: E402
-from gateway.decisions import IndexedEngine  # noqa: E402
-from gateway.policy import Policy, load_policy  # noqa: E402
-from gateway.reloader import load_checked_policy  # noqa: E402
+from gateway.config import load_settings
+from gateway.decisions import IndexedEngine
+from gateway.policy import Policy, load_policy
+from gateway.reloader import load_checked_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "policies" / "model.conf"

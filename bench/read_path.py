@@ -57,7 +57,7 @@ import httpx
 import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table  # noqa: E402
+from _common import percentile, table
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -215,6 +215,7 @@ def cpu_by_group(server_pids: list[int], dbs: tuple[str, ...]) -> dict[str, floa
         seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
         if pid in server_pids:
             out["gateway"] += seconds
+            out[f"pid {pid}"] = seconds
         elif comm.startswith("postgres"):
             # "postgres: 15/main: USER DB HOST(PORT) STATE" for a backend; background workers name no DB.
             words = cmdline.split()
@@ -350,7 +351,7 @@ async def drive(phase: Phase, calls: list[Callable[[], Awaitable[tuple[int, byte
         cpu_before.update(cpu_by_group(server_pids, dbs))
         await asyncio.sleep(max(0.0, end - loop.time()))
         after = cpu_by_group(server_pids, dbs)
-        phase.cpu = {k: (after[k] - cpu_before[k]) / phase.seconds for k in after}
+        phase.cpu = {k: (after[k] - cpu_before.get(k, 0.0)) / phase.seconds for k in after}
 
     opened = await sessions(dbs)
 
@@ -407,11 +408,11 @@ async def httpx_phase(server: Server, label: str, concurrency: int, seconds: flo
 
 async def profile(server: Server, out_dir: Path, concurrency: int, seconds: float) -> Path | None:
     """py-spy the gateway's worker(s) under load at c=concurrency; collapsed stacks to out_dir."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
         print("  (py-spy not found: pip install py-spy)")
         return None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     target = out_dir / f"gateway-c{concurrency}.txt"
     pids = server.pids()
     pid = pids[-1] if len(pids) > 1 else pids[0]  # a worker, when uvicorn supervises workers
@@ -428,22 +429,47 @@ async def profile(server: Server, out_dir: Path, concurrency: int, seconds: floa
     return target
 
 
-def summarise_profile(path: Path, top: int = 40) -> str:
-    """Inclusive and self time per function from py-spy's collapsed stacks."""
+# Where a sampled stack belongs: the first category one of whose markers is in the stack.
+PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("source: opening connections (pool churn)", ("AsyncAdapt_dbapi_connection.create", "_create_ssl_connection",
+                                                  "connect_utils.py", "Connection.close (asyncpg",
+                                                  "AsyncConnection.close")),
+    ("source: SqlConnector.columns() per request", ("SqlConnector.columns",)),
+    ("audit writer (chain hashing, asyncpg insert)", ("_PgChainWriter", "AuditTrail._run", "_chain (gateway/audit")),
+    ("source: SQLAlchemy statement build/compile/execute, rows", ("sqlalchemy", "SqlConnector", "greenlet",
+                                                                  "PreparedStatement", "Registry.guarded")),
+    ("Gateway.handle: auth, policy, record, JSON, sha256, cursor", ("Gateway.", "gateway/core.py",
+                                                                    "gateway/query.py", "gateway/auth.py")),
+    ("HTTP: uvicorn + starlette + route adapter", ("uvicorn/protocols", "starlette/", "gateway/api/")),
+    ("background: policy file watcher thread", ("WorkerThread.run", "watchfiles")),
+    ("background: store sync", ("StoreSync", "Registry.refresh")),
+    ("event loop itself (uvloop, C: I/O, callbacks, task steps)", ("Runner.run (asyncio/runners.py:118)",)),
+]
+
+
+def summarise_profile(path: Path, top: int = 30) -> str:
+    """Categories, then self and inclusive time per function, from py-spy's collapsed stacks."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
+    cats: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        if not count.isdigit():
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")
+        leaf = stack.rsplit(";", 1)[-1]
+        cat = next((name for name, marks in PROFILE_CATEGORIES
+                    if any(m in (leaf if name.startswith("event loop") else stack) for m in marks)), "other")
+        cats[cat] = cats.get(cat, 0) + n
+        frames = stack.split(";") if stack else ["(no Python frame)"]
         for f in set(frames):
             inclusive[f] = inclusive.get(f, 0) + n
         own[frames[-1]] = own.get(frames[-1], 0) + n
-    lines = [f"{total} samples", "", "self %  function"]
+    lines = [f"{total} samples", "", "share  category"]
+    lines += [f"{100 * n / total:5.1f}  {c}" for c, n in sorted(cats.items(), key=lambda x: -x[1])]
+    lines += ["", "self %  function"]
     lines += [f"{100 * n / total:6.1f}  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
     lines += ["", "inclusive %  function"]
     lines += [f"{100 * n / total:6.1f}  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:top]]
@@ -524,6 +550,9 @@ async def run(args: argparse.Namespace) -> int:
     print("  (source sessions: new PostgreSQL sessions to the source database during the phase, warm-up")
     print("   included (pg_stat_database.sessions); a pool that keeps its connections opens none)")
     for p in phases:
+        per_process = [v for k, v in p.cpu.items() if k.startswith("pid ") and v >= 0.005]
+        if len(per_process) > 1:
+            print(f"  {p.name}: gateway cores by process: {' / '.join(f'{v:.2f}' for v in per_process)}")
         if p.first_error:
             print(f"  {p.name}: first error: {p.first_error}")
     print()

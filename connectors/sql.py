@@ -57,8 +57,9 @@ def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_o
             settings["default_transaction_read_only"] = "on"
         connect_args["server_settings"] = settings
         connect_args["timeout"] = min(timeout_seconds, 10.0)
-        # Autocommit: one statement, one round trip; no BEGIN/ROLLBACK around every read.
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds,
+        # Autocommit: one statement, one round trip; no BEGIN/ROLLBACK around every read. No overflow:
+        # a connection opened for a burst is closed again on return, and opening one costs more than a read.
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=timeout_seconds,
                       isolation_level="AUTOCOMMIT")
     elif backend in ("mysql", "mariadb"):
         init = f"SET SESSION max_statement_time={timeout_seconds:g}"
@@ -66,7 +67,7 @@ def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_o
             init += ", SESSION tx_read_only=1"
         connect_args["init_command"] = init
         connect_args["connect_timeout"] = max(1, int(min(timeout_seconds, 10.0)))
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_seconds, pool_recycle=3600,
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=timeout_seconds, pool_recycle=3600,
                       isolation_level="AUTOCOMMIT")
     elif backend == "sqlite" and read_only:
         # Opened through a URI in read-only mode: the source file is never written by the gateway.
@@ -100,6 +101,7 @@ class SqlConnector:
         self._engine = engine
         self._timeout = timeout_seconds
         self._tables: dict[str, Table] = {}
+        self._columns: dict[str, list[ColumnInfo]] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -112,8 +114,12 @@ class SqlConnector:
             await self._table(table)
 
     async def columns(self, table: str) -> list[ColumnInfo]:
-        t = await self._table(table)
-        return [ColumnInfo(c.name, _type_name(c), bool(c.nullable), bool(c.primary_key)) for c in t.columns]
+        hit = self._columns.get(table)
+        if hit is None:
+            t = await self._table(table)
+            hit = self._columns[table] = [ColumnInfo(c.name, _type_name(c), bool(c.nullable), bool(c.primary_key))
+                                          for c in t.columns]
+        return hit
 
     async def fetch(self, query: TableQuery) -> Page:
         t = await self._table(query.table)

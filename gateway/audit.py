@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
@@ -67,9 +67,9 @@ class AuditRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready; the order is the contract's."""
-        out = asdict(self)
+        out = {name: getattr(self, name) for name in FIELD_ORDER}  # not asdict(): it deep-copies every value
         out["time"] = format_time(self.time)
-        return {name: out[name] for name in FIELD_ORDER}
+        return out
 
 
 FIELD_ORDER = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
@@ -187,7 +187,7 @@ class AuditTrail:
             tail = (await conn.execute(
                 select(audit_table.c.id, audit_table.c.hash).order_by(audit_table.c.id.desc()).limit(1))).first()
             out = _chain(records, tail.id if tail else None, tail.hash if tail else None)
-            await conn.execute(insert(audit_table), [asdict(r) for r in out])
+            await conn.execute(insert(audit_table), [{f: getattr(r, f) for f in FIELD_ORDER} for r in out])
         return out
 
 
