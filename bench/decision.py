@@ -281,6 +281,12 @@ def split(lat: Sequence[float], allowed: Sequence[bool]) -> tuple[list[float], l
                                                                      if not ok]
 
 
+def pick(lat: Sequence[float], allowed: Sequence[bool], flags: Sequence[bool],
+         want: bool) -> tuple[list[float], list[bool]]:
+    chosen = [(x, ok) for x, ok, f in zip(lat, allowed, flags, strict=True) if f == want]
+    return [x for x, _ in chosen], [ok for _, ok in chosen]
+
+
 def stats(lat: Sequence[float], allowed: Sequence[bool]) -> list[float]:
     yes, no = split(lat, allowed)
     return [percentile(yes, 50), percentile(yes, 99), percentile(no, 50), percentile(no, 99),
@@ -337,6 +343,7 @@ async def run_size(n_lines: int, n_requests: int, n_agents: int, per_domain: int
         warm_up(policy, reqs)
         cold_lat: list[float] = []
         cold_ok: list[bool] = []
+        first_seen: list[bool] = []  # the agent's first request to this engine (its roles resolved then)
         warm_lat: list[float] = []
         warm_ok: list[bool] = []
         nc_lat: list[float] = []
@@ -349,6 +356,10 @@ async def run_size(n_lines: int, n_requests: int, n_agents: int, per_domain: int
             lat, ok = await time_policy(cold_policy, order)
             cold_lat += lat
             cold_ok += ok
+            known: set[str] = set()
+            for agent, _, _ in order:
+                first_seen.append(agent not in known)
+                known.add(agent)
             for r, a in zip(order, ok, strict=True):
                 answers[r].add(a)
             lat, ok = await time_policy(cold_policy, order)
@@ -383,7 +394,10 @@ async def run_size(n_lines: int, n_requests: int, n_agents: int, per_domain: int
                     deny_lines=sum(ln.endswith("deny") for ln in p),
                     pattern_lines=sum("*" in ln.split(", ")[2] for ln in p),
                     allowed_share=sum(cb_ok) / len(cb_ok),
-                    cold=stats(cold_lat, cold_ok), nocache=stats(nc_lat, nc_ok), warm=stats(warm_lat, warm_ok),
+                    cold=stats(cold_lat, cold_ok),
+                    cold_first=stats(*pick(cold_lat, cold_ok, first_seen, True)),
+                    cold_known=stats(*pick(cold_lat, cold_ok, first_seen, False)),
+                    n_first=sum(first_seen), nocache=stats(nc_lat, nc_ok), warm=stats(warm_lat, warm_ok),
                     casbin=stats(cb_lat, cb_ok), casbin_s=casbin_s, procs=procs, mismatches=mismatches,
                     examples=examples, casbin_load=casbin_load, load_s=load_s, best_load=best_load,
                     stall_thread_ms=stall_thread_ms, ticks=ticks, inline_s=inline_s,
@@ -435,9 +449,12 @@ def report(results: list[dict[str, Any]]) -> None:
           f"in {results[0]['procs']} processes):")
     rows = []
     for r in results:
-        for key, label in (("cold", "agentgate cold memo"), ("nocache", "agentgate no caches"),
+        for key, label in (("cold", "agentgate cold memo"), ("cold_first", "  of which agent's 1st request"),
+                           ("cold_known", "  of which agent known"), ("nocache", "agentgate no caches"),
                            ("warm", "agentgate warm memo"), ("casbin", "pycasbin enforce")):
             n = r["n_requests"] * (1 if key == "casbin" else r["rounds"])
+            if key.startswith("cold_"):
+                n = r["n_first"] if key == "cold_first" else n - r["n_first"]
             rows.append([r["n_lines"], label, n, *r[key]])
     print(table(["p lines", "engine", "calls", "allow p50", "allow p99", "deny p50", "deny p99", "all p50", "all p99",
                  "max"], rows))

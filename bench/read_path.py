@@ -149,6 +149,7 @@ class Server:
 
     def __init__(self, cfg: Path, workers: int, dbs: tuple[str, ...]):
         self.dbs = dbs
+        self.workers = workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         exe = shutil.which("agentgate") or str(Path(sys.executable).with_name("agentgate"))
@@ -275,6 +276,7 @@ class Phase:
     first_error: str | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     sessions: dict[str, int] = field(default_factory=dict)  # new PostgreSQL sessions per database
+    audit: tuple[float, float] | None = None  # (records per group commit, ms per group commit)
 
     @property
     def rps(self) -> float:
@@ -386,9 +388,32 @@ async def raw_phase(server: Server, label: str, concurrency: int, seconds: float
     await asyncio.gather(*(c.connect() for c in clients))
     try:
         phase = Phase(f"{label}, c={concurrency}", concurrency, seconds)
-        return await drive(phase, [c.call for c in clients], warmup, server.pids(), server.dbs)
+        before = await audit_metrics(server)
+        await drive(phase, [c.call for c in clients], warmup, server.pids(), server.dbs)
+        after = await audit_metrics(server)
+        if before and after and after["count"] > before["count"]:
+            groups = after["count"] - before["count"]
+            phase.audit = ((after["records"] - before["records"]) / groups,
+                           (after["seconds"] - before["seconds"]) / groups * 1000)
+        return phase
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def audit_metrics(server: Server) -> dict[str, float] | None:
+    """The audit writer's group-commit counters from /metrics (one worker's: only meaningful with 1)."""
+    if server.workers != 1:
+        return None
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(server.base + "/metrics")).text
+    out: dict[str, float] = {}
+    names = {"agentgate_audit_batch_records_sum": "records", "agentgate_audit_batch_records_count": "count",
+             "agentgate_audit_write_duration_seconds_sum": "seconds"}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            out[names[name]] = float(value)
+    return out if len(out) == 3 else None
 
 
 async def httpx_phase(server: Server, label: str, concurrency: int, seconds: float, warmup: float) -> Phase:
@@ -443,7 +468,7 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("HTTP: uvicorn + starlette + route adapter", ("uvicorn/protocols", "starlette/", "gateway/api/")),
     ("background: policy file watcher thread", ("WorkerThread.run", "watchfiles")),
     ("background: store sync", ("StoreSync", "Registry.refresh")),
-    ("event loop itself (uvloop, C: I/O, callbacks, task steps)", ("Runner.run (asyncio/runners.py:118)",)),
+    ("event loop + C extensions (uvloop, asyncpg protocol, httptools)", ("Runner.run (asyncio/runners.py:118)",)),
 ]
 
 
@@ -550,6 +575,10 @@ async def run(args: argparse.Namespace) -> int:
     print("  (source sessions: new PostgreSQL sessions to the source database during the phase, warm-up")
     print("   included (pg_stat_database.sessions); a pool that keeps its connections opens none)")
     for p in phases:
+        if p.audit is not None:
+            print(f"  {p.name}: audit group commits: {p.audit[0]:.1f} records each, {p.audit[1]:.2f} ms each "
+                  f"(lock, tail, insert, commit); gateway CPU per answer "
+                  f"{1000 * p.cpu.get('gateway', 0) / max(p.rps, 1e-9):.2f} ms")
         per_process = [v for k, v in p.cpu.items() if k.startswith("pid ") and v >= 0.005]
         if len(per_process) > 1:
             print(f"  {p.name}: gateway cores by process: {' / '.join(f'{v:.2f}' for v in per_process)}")
