@@ -420,11 +420,11 @@ def load_breakdown(policy_dir: Path) -> dict[str, float]:
     pol.load_catalog(policy_dir / "datasets.toml", {"bench": _source_stub()})
     out["load datasets.toml"] = time.perf_counter() - t
     t = time.perf_counter()
-    build_enforcer(model_text, rules, groupings)
-    out["build pycasbin enforcer (validation)"] = time.perf_counter() - t
-    t = time.perf_counter()
     IndexedEngine(rules, groupings)
     out["build IndexedEngine"] = time.perf_counter() - t
+    t = time.perf_counter()
+    build_enforcer(model_text, rules, groupings)
+    out["(not done for the shipped model: a pycasbin enforcer, as a custom model needs)"] = time.perf_counter() - t
     return out
 
 
@@ -475,7 +475,7 @@ def report(results: list[dict[str, Any]]) -> None:
         for req, ours, theirs in r["examples"]:
             print(f"      {req}: agentgate {ours}, pycasbin {'allow' if theirs else 'deny'}")
     print()
-    print("Policy load (agentgate.toml -> load_checked_policy: parse, validate, pycasbin enforcer, index, tests):")
+    print("Policy load (agentgate.toml -> load_checked_policy: parse, validate, index, policy tests):")
     rows = []
     for r in results:
         rows.append([r["n_lines"], r["best_load"] * 1000, r["load_s"] * 1000, r["stall_thread_ms"], r["ticks"],

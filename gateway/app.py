@@ -51,6 +51,8 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             for warning in await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml",
                                               strict_reachability=False):
                 log.warning("%s (reads from it answer 502 until it is back)", warning)
+            if (settings.policy.dir / "budgets.toml").exists():
+                log.warning("budgets.toml: budgets are not enforced by this version yet")
             state.policies = holder = PolicyHolder(policy)
             state.sync = sync = StoreSync(store)
             revocations = Registry(store, sync)

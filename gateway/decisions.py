@@ -57,8 +57,9 @@ class Engine(Protocol):
 
 @dataclass(slots=True)
 class _SubjectRules:
-    exact: dict[str, list[Rule]] = field(default_factory=dict)
-    prefixes: list[tuple[str, Rule]] = field(default_factory=list)
+    # Keyed by action ("*" lines under "*"), each holding the Decision its line gives, made once.
+    exact: dict[tuple[str, str], list[Decision]] = field(default_factory=dict)
+    prefixes: dict[str, list[tuple[str, Decision]]] = field(default_factory=dict)
 
 
 class IndexedEngine:
@@ -68,13 +69,14 @@ class IndexedEngine:
     def __init__(self, rules: Iterable[Rule], groupings: Iterable[tuple[str, str]]):
         self._by_subject: dict[str, _SubjectRules] = defaultdict(_SubjectRules)
         for rule in rules:
+            decision = Decision(rule.eft == "allow", str(rule))
             star = rule.obj.find("*")
             bucket = self._by_subject[rule.sub]
             if star == -1:
-                bucket.exact.setdefault(rule.obj, []).append(rule)
+                bucket.exact.setdefault((rule.obj, rule.act), []).append(decision)
             else:
                 # keyMatch ignores everything after the first '*': it is a prefix match.
-                bucket.prefixes.append((rule.obj[:star], rule))
+                bucket.prefixes.setdefault(rule.act, []).append((rule.obj[:star], decision))
         self._by_subject = dict(self._by_subject)
         parents: dict[str, list[str]] = defaultdict(list)
         for member, role in groupings:
@@ -107,32 +109,23 @@ class IndexedEngine:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        allow: Rule | None = None
-        deny: Rule | None = None
+        allow: Decision | None = None
+        acts = (act, "*") if act != "*" else ("*",)
         for s in self.subjects(sub):
             bucket = self._by_subject[s]
-            for rule in bucket.exact.get(obj, ()):
-                if rule.act == act or rule.act == "*":
-                    if rule.eft == "deny":
-                        deny = rule
-                        break
-                    allow = allow or rule
-            if deny is not None:
-                break
-            for prefix, rule in bucket.prefixes:
-                if (rule.act == act or rule.act == "*") and obj.startswith(prefix):
-                    if rule.eft == "deny":
-                        deny = rule
-                        break
-                    allow = allow or rule
-            if deny is not None:
-                break
-        if deny is not None:
-            decision = Decision(False, str(deny))
-        elif allow is not None:
-            decision = Decision(True, str(allow))
-        else:
-            decision = NO_MATCH
+            for a in acts:
+                for d in bucket.exact.get((obj, a), ()):
+                    if not d.allowed:
+                        return self._remember(key, d)  # deny overrides allow
+                    allow = allow or d
+                for prefix, d in bucket.prefixes.get(a, ()):
+                    if obj.startswith(prefix):
+                        if not d.allowed:
+                            return self._remember(key, d)
+                        allow = allow or d
+        return self._remember(key, allow or NO_MATCH)
+
+    def _remember(self, key: tuple[str, str, str], decision: Decision) -> Decision:
         if len(self._memo) >= MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = decision

@@ -124,6 +124,8 @@ def lint(policy: Policy) -> tuple[list[str], list[str]]:
     """Faults (grants on no dataset) and warnings (idle roles, unreadable datasets) for `check`."""
     faults: list[str] = []
     warnings: list[str] = []
+    if (policy.dir / "budgets.toml").exists():
+        warnings.append("budgets.toml: budgets are not enforced by this version yet")
     names = list(policy.catalog.datasets)
     for rule in policy.rules:
         if rule.obj.startswith(ADMIN_PREFIX):
