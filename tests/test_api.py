@@ -262,3 +262,25 @@ def test_tokens_for_another_audience_or_algorithm_are_refused(client: TestClient
     # Signed with a key long enough for HS512: it is refused for its algorithm alone.
     hs512 = jwt.encode({"sub": "support-bot", "exp": 2**31, "aud": AUDIENCE}, "k" * 64, algorithm="HS512")
     assert_error(client.get("/v1/datasets", headers={"Authorization": f"Bearer {hs512}"}), 401, "unauthenticated")
+
+
+def test_records_and_review_on_a_postgres_store(pg_client: tuple[TestClient, str]) -> None:
+    client, _ = pg_client
+    body = {"columns": ["id", "email"], "where": [["country", "=", "DE"]], "limit": 3}
+    r = client.post("/v1/datasets/customers/query", json=body,
+                    headers={**bearer("analyst-bot", on_behalf_of="jane@example.com"), "X-Work-Unit": "T-9"})
+    assert r.status_code == 200
+    client.post("/v1/datasets/orders/query", json={}, headers=bearer("support-bot"))
+    page = client.get("/admin/v1/audit?work_unit=T-9", headers=bearer("alice")).json()
+    (rec,) = page["records"]
+    assert rec["request_id"] == r.headers["x-request-id"] and rec["on_behalf_of"] == "jane@example.com"
+    assert rec["response_sha256"] == hashlib.sha256(r.content).hexdigest() and rec["bytes"] == len(r.content)
+    assert rec["rows"] == 3 and json.loads(rec["masked"]) == ["email"] and json.loads(rec["query"]) == body
+    assert rec["rule"] == "p, analyst, customers, read, allow" and rec["time"].endswith("Z")
+    denied = client.get("/admin/v1/audit?decision=deny&dataset=orders", headers=bearer("alice")).json()
+    assert [x["agent"] for x in denied["records"]] == ["support-bot"]
+    one = client.get(f"/admin/v1/audit/{rec['id']}", headers=bearer("alice")).json()["record"]
+    assert one == rec
+    assert client.get("/admin/v1/audit/verify", headers=bearer("alice")).json()["ok"] is True
+    export = client.get("/admin/v1/audit/export?format=jsonl&agent=analyst-bot", headers=bearer("alice"))
+    assert [json.loads(line)["request_id"] for line in export.text.splitlines()] == [rec["request_id"]]
