@@ -145,6 +145,21 @@ def _database(admin_url: str, label: str, server: str) -> Iterator[str]:
         _create_database(admin_url, name, drop=True)
 
 
+def terminate_backends(database_url: str) -> None:
+    """Cut every connection to a PostgreSQL database of this run, as a failover or a DBA would."""
+    async def run() -> None:
+        engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                        "WHERE datname = :db AND pid <> pg_backend_pid()"),
+                                   {"db": database_url.rsplit("/", 1)[1]})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 @pytest.fixture(scope="session")
 def pg_source() -> Iterator[str]:
     """A PostgreSQL database of this run, seeded with customers and orders (async URL)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -14,10 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import PG_ADMIN, SECRET, token, write_workspace
+from tests.conftest import SECRET, terminate_backends, token, write_workspace
 
 AGENTGATE = str(Path(sys.executable).with_name("agentgate"))
 
@@ -142,17 +139,7 @@ def test_replicas_fail_closed_without_the_store_and_recover(pg_pair: tuple[Path,
     tok = token("support-bot")
     assert a.read(tok) == b.read(tok) == 200
 
-    async def cut() -> None:
-        engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                        "WHERE datname = :db AND pid <> pg_backend_pid()"),
-                                   {"db": store.rsplit("/", 1)[1]})
-        finally:
-            await engine.dispose()
-
-    asyncio.run(cut())
+    terminate_backends(store)
     # Both notice the lost channel and refuse (503) until resynchronised; then recover by themselves.
     seen = {a.base: set(), b.base: set()}  # type: dict[str, set[int]]
     deadline = time.monotonic() + 5

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
-from tests.conftest import PG_ADMIN, bearer, client_for, token, write_workspace
+from tests.conftest import bearer, client_for, terminate_backends, token, write_workspace
 
 QUERY = "/v1/datasets/customers/query"
 
@@ -119,25 +119,11 @@ def test_a_revocation_reaches_the_other_replica_within_100ms(two_replicas: tuple
     wait_for(lambda: status(b, bot) == 200, seconds=2)
 
 
-def _terminate_backends(store_url: str) -> None:
-    async def run() -> None:
-        engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                        "WHERE datname = :db AND pid <> pg_backend_pid()"),
-                                   {"db": store_url.rsplit("/", 1)[1]})
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
 def test_losing_the_store_channel_fails_closed_then_recovers(two_replicas: tuple[TestClient, TestClient, str]) -> None:
     a, b, store_url = two_replicas
     bot = token("support-bot")
     assert status(a, bot) == 200
-    _terminate_backends(store_url)
+    terminate_backends(store_url)
     # Every connection to the store was cut: the listener notices, and refuses until it has resynchronised.
     wait_for(lambda: b.get("/readyz").status_code == 503 or status(b, bot) == 503, seconds=2, step=0.001)
     wait_for(lambda: status(a, bot) == 200 and status(b, bot) == 200, seconds=5)
