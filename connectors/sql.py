@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import BigInteger, Column, MetaData, Numeric, Table, and_, case, cast, false, literal, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
@@ -95,13 +96,63 @@ def seed_sqlite(url: str, seed: Path) -> bool:
     return True
 
 
+class _PgReader:
+    """Runs SQLAlchemy-built SELECTs on an asyncpg pool: compiled once per statement shape (SQLAlchemy's
+    own cache key, which leaves the bound values out), executed as a prepared statement."""
+
+    _CACHE_LIMIT = 500
+
+    def __init__(self, engine: AsyncEngine, timeout_seconds: float, pool_size: int):
+        self._engine = engine
+        self._dialect = engine.dialect
+        self._timeout = timeout_seconds
+        self._size = pool_size
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+        self._compiled: dict[Any, Any] = {}
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    url = self._engine.url.set(drivername="postgresql")
+                    self._pool = await asyncpg.create_pool(
+                        url.render_as_string(hide_password=False), min_size=1, max_size=self._size,
+                        timeout=min(self._timeout, 10.0), command_timeout=self._timeout,
+                        server_settings={"statement_timeout": str(int(self._timeout * 1000)),
+                                         "default_transaction_read_only": "on"})
+        return self._pool
+
+    async def fetch(self, stmt: Any) -> list[Any]:
+        key = stmt._generate_cache_key()
+        compiled = self._compiled.get(key.key)
+        if compiled is None:
+            compiled = stmt.compile(dialect=self._dialect, cache_key=key)
+            if len(self._compiled) >= self._CACHE_LIMIT:
+                self._compiled.clear()
+            self._compiled[key.key] = compiled
+        params = compiled.construct_params(extracted_parameters=key.bindparams)
+        processors = compiled._bind_processors
+        args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
+        pool = await self._get_pool()
+        async with pool.acquire(timeout=self._timeout) as conn:
+            return list(await conn.fetch(compiled.string, *args))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
 class SqlConnector:
-    def __init__(self, name: str, engine: AsyncEngine, *, timeout_seconds: float):
+    def __init__(self, name: str, engine: AsyncEngine, *, timeout_seconds: float, pool_size: int = 10):
         self.name = name
         self._engine = engine
         self._timeout = timeout_seconds
         self._tables: dict[str, Table] = {}
         self._columns: dict[str, list[ColumnInfo]] = {}
+        # PostgreSQL reads skip SQLAlchemy's execution layer (a third of the gateway's CPU per read):
+        # statements are still built and compiled by SQLAlchemy, then run on an asyncpg pool.
+        self._pg = _PgReader(engine, timeout_seconds, pool_size) if engine.dialect.name == "postgresql" else None
         self._lock = asyncio.Lock()
 
     @property
@@ -127,9 +178,12 @@ class SqlConnector:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._engine.connect() as conn:
-                    result = await conn.execute(stmt)
-                    raw = result.fetchall()
+                if self._pg is not None:
+                    raw = await self._pg.fetch(stmt)
+                else:
+                    async with self._engine.connect() as conn:
+                        result = await conn.execute(stmt)
+                        raw = list(result.fetchall())
         except TimeoutError:
             raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
         except DBAPIError as exc:
@@ -137,7 +191,9 @@ class SqlConnector:
             if any(marker in text for marker in _TIMEOUT_MARKERS):
                 raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except asyncpg.QueryCanceledError as exc:
+            raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
         source_ms = (time.perf_counter() - started) * 1000
         more = len(raw) > query.limit
@@ -160,6 +216,8 @@ class SqlConnector:
         return Page(columns=list(query.columns), rows=rows, after=after, source_ms=source_ms)
 
     async def close(self) -> None:
+        if self._pg is not None:
+            await self._pg.close()
         await self._engine.dispose()
 
     async def _table(self, table: str) -> Table:

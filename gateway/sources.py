@@ -25,7 +25,7 @@ def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnect
             log.info("created source %r from its seed %s", name, src.seed)
         engine = make_engine(src.url, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size,
                              read_only=src.read_only)
-        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds)
+        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
     return out
 
 
