@@ -1,8 +1,8 @@
-"""Admin operations behind /admin/v1/: revocations and reading the audit trail.
+"""Admin operations behind /admin/v1/: revocations, approvals and reading the audit trail.
 
 Called by the core like any read (same authentication, same audit record) and
 authorised by the same policy on admin objects (`admin:revocations` write,
-`admin:audit` read).
+`admin:audit` read, `admin:approvals` read and write).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway import audit, integrity
+from gateway import approvals, audit, integrity
 from gateway.auth import Agent
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.policy import Policy
@@ -173,7 +173,50 @@ async def audit_export(gw: Gateway, req: ReadRequest, agent: Agent, policy: Poli
     return 200, None
 
 
+async def list_approvals(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                         trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:approvals", "read", trace)
+    unknown = sorted(set(req.params) - {"status"})
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r} (expected status)")
+    status = req.params.get("status") or "pending"
+    if status not in (*approvals.STATUSES, "all"):
+        raise BadRequest(f"'status' is one of: {', '.join(approvals.STATUSES)}, all")
+    items = await approvals.listing(gw.store, None if status == "all" else status)
+    trace.rows = len(items)
+    trace.query = json.dumps({"status": status})
+    return 200, {"approvals": [a.to_dict() for a in items]}
+
+
+async def _decide(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace,
+                  approve: bool) -> tuple[int, dict[str, Any] | None]:
+    await require(policy, agent, "admin:approvals", "write", trace)
+    aid = req.params.get("id", "")
+    trace.query = json.dumps({"approval_id": aid})
+    decided = await approvals.decide(gw.store, aid, approve, agent.name, gw.approval_ttl)
+    if decided is None:
+        raise NotFound(f"no pending approval {aid!r}")
+    trace.query = json.dumps({"approval_id": aid, "agent": decided.agent, "dataset": decided.dataset,
+                              "by": agent.name})
+    if approve:
+        trace.approved_by = agent.name
+    return 200, {"approval": decided.to_dict()}
+
+
+async def approve(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                  trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    return await _decide(gw, req, agent, policy, trace, True)
+
+
+async def deny_approval(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
+                        trace: Trace) -> tuple[int, dict[str, Any] | None]:
+    return await _decide(gw, req, agent, policy, trace, False)
+
+
 OPERATIONS = {
+    "list_approvals": list_approvals,
+    "approve": approve,
+    "deny_approval": deny_approval,
     "audit_record": audit_record,
     "audit_verify": audit_verify,
     "audit_activity": audit_activity,

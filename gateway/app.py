@@ -51,8 +51,6 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             for warning in await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml",
                                               strict_reachability=False):
                 log.warning("%s (reads from it answer 502 until it is back)", warning)
-            if (settings.policy.dir / "budgets.toml").exists():
-                log.warning("budgets.toml: budgets are not enforced by this version yet")
             state.policies = holder = PolicyHolder(policy)
             state.sync = sync = StoreSync(store)
             revocations = Registry(store, sync)
@@ -73,7 +71,7 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                 stack.push_async_callback(checkpointer.close)
             state.gateway = Gateway(authenticator=authenticator, policies=holder, audit=trail, sources=sources,
                                     cursors=cursors, metrics=metrics, revocations=revocations, store=store,
-                                    checkpoint_key=key)
+                                    checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds)
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",
                      len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
             yield

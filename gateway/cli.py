@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_int_in(1, 1024), default=1)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    sub.add_parser("check", parents=[common], help="validate config, model, policy, catalog and policy tests")
+    c = sub.add_parser("check", parents=[common], help="validate config, model, policy, catalog and policy tests")
+    c.add_argument("--replay", action="store_true",
+                   help="replay the audit trail's reads against the policy in --policy-dir; list changed decisions")
+    c.add_argument("--policy-dir", help="with --replay: the proposed policy directory")
+    c.add_argument("--since", help="with --replay: ISO 8601 time, or 7d / 24h / 30m before now")
 
     t = sub.add_parser("token", parents=[common], help="tokens for development and demos").add_subparsers(
         dest="token_command", required=True, parser_class=_Parser)
@@ -87,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         rs.add_parser(kind, parents=[common], help=f"lift the revocation of {label}").add_argument(
             "subject", metavar=label)
     sub.add_parser("reload", parents=[common], help="ask every replica to reload the policy directory now")
+
+    apl = sub.add_parser("approvals", parents=[common], help="reads waiting for a person's approval").add_subparsers(
+        dest="approvals_command", required=True, parser_class=_Parser)
+    apll = apl.add_parser("list", parents=[common], help="pending approvals, oldest first, with the dataset owner")
+    apll.add_argument("--all", action="store_true", help="also approved and denied ones")
+    apll.add_argument("--json", action="store_true")
+    for verb in ("approve", "deny"):
+        dv = sub.add_parser(verb, parents=[common], help=f"{verb} a pending approval")
+        dv.add_argument("approval_id", metavar="ID")
+        dv.add_argument("--by", required=True, type=_name, help="the person deciding (recorded as approved_by)")
 
     a = sub.add_parser("audit", parents=[common], help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser)
@@ -109,11 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
     ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
     ae.add_argument("--since", help="ISO 8601 time")
+
+    u = sub.add_parser("usage", parents=[common], help="requests, rows, bytes and source time per unit")
+    u.add_argument("--by", required=True, choices=["agent", "dataset", "work-unit"])
+    u.add_argument("--since", help="ISO 8601 time, or 7d / 24h / 30m before now")
+    u.add_argument("--json", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "check" and not args.replay and (args.policy_dir or args.since):
+        parser.error("--policy-dir and --since need --replay")
+    if args.command == "check" and args.replay and not args.policy_dir:
+        parser.error("--replay needs --policy-dir NEW_DIR (the proposed policy)")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs the whole model at INFO on every load
     config = find_config(getattr(args, "config", None))
@@ -132,13 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings, args)
         if args.command == "check":
+            if args.replay:
+                return asyncio.run(_replay(settings, args))
             return asyncio.run(_check(settings))
+        if args.command == "usage":
+            return asyncio.run(_usage(settings, args))
         if args.command == "token":
             return _token(settings, args)
         if args.command == "audit":
             return asyncio.run(_audit(settings, args))
         if args.command in ("revoke", "restore", "reload"):
             return asyncio.run(_admin(settings, args))
+        if args.command in ("approvals", "approve", "deny"):
+            return asyncio.run(_approvals(settings, args))
     except ConfigError as exc:
         print(f"agentgate: {exc}", file=sys.stderr)
         return EXIT_FAULT
@@ -219,6 +250,10 @@ async def _check(settings: Settings) -> int:
         return EXIT_FAULT
     print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} role assignments, "
           f"{len(policy.catalog.datasets)} datasets: ok")
+    if not policy.budgets.default.empty or policy.budgets.agents:
+        d = policy.budgets.default
+        print(f"budgets: default requests_per_minute={d.requests_per_minute}, rows_per_day={d.rows_per_day}; "
+              f"{len(policy.budgets.agents)} agent budget(s): ok")
     sources = await asyncio.to_thread(open_sources, settings.sources)
     table_faults: list[ConfigError] = []
     try:
@@ -248,6 +283,71 @@ async def _check(settings: Settings) -> int:
         print(f"FAIL {f}")
     print("check: ok" if not faults else f"check: {len(faults)} fault(s)")
     return EXIT_FAULT if faults else EXIT_OK
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import replay, usage
+    from gateway.audit import format_time
+    from gateway.policy import failing_cases, load_policy
+    from gateway.store import create_tables, make_store_engine
+
+    try:
+        since = usage.parse_since(args.since) if args.since else None
+    except ValueError:
+        print("agentgate: --since takes an ISO 8601 time or 7d / 24h / 30m", file=sys.stderr)
+        return EXIT_USAGE
+    proposed_dir = await asyncio.to_thread(Path(args.policy_dir).resolve)
+    try:
+        proposed = await asyncio.to_thread(load_policy, proposed_dir, settings.sources)
+    except ConfigError as exc:
+        print(f"FAIL the proposed policy is invalid: {exc}")
+        return EXIT_FAULT
+    current = await asyncio.to_thread(load_policy, settings.policy.dir, settings.sources)
+    window = f"since {format_time(since)}" if since else "the whole trail"
+    print(f"replay: reads (read, describe) in the audit trail, {window}, decided for (agent, dataset, read)")
+    print(f"  current policy:  {settings.policy.dir}")
+    print(f"  proposed policy: {proposed_dir}")
+    print("  old decisions are the current policy's, not the records' (a record may have been refused for "
+          "other reasons: a revocation, a bad request)")
+    engine = make_store_engine(settings.store.url)
+    try:
+        await create_tables(engine)
+        result = await replay.replay(engine, current, proposed, since)
+    finally:
+        await engine.dispose()
+    for line in replay.report(result):
+        print(line)
+    failing = await failing_cases(proposed)
+    for f in failing:
+        print(f"FAIL {f}")
+    if failing:
+        print(f"check: the proposed policy fails {len(failing)} of its policy tests (a reload would refuse it)")
+        return EXIT_FAULT
+    return EXIT_OK
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import usage
+    from gateway.store import create_tables, make_store_engine
+
+    try:
+        since = usage.parse_since(args.since) if args.since else None
+    except ValueError:
+        print("agentgate: --since takes an ISO 8601 time or 7d / 24h / 30m", file=sys.stderr)
+        return EXIT_USAGE
+    engine = make_store_engine(settings.store.url)
+    try:
+        await create_tables(engine)
+        units = await usage.usage(engine, args.by, since)
+    finally:
+        await engine.dispose()
+    if args.json:
+        key = usage.UNITS[args.by][1]
+        print(json.dumps([u.to_dict(key, settings.cost) for u in units], indent=2))
+    else:
+        for line in usage.table(units, args.by, settings.cost):
+            print(line)
+    return EXIT_OK
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
@@ -379,6 +479,51 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             agent=actor, query=json.dumps(acted), reason=message, transport="cli"))
         print(message)
         return EXIT_OK
+    finally:
+        await engine.dispose()
+
+
+async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
+    """approvals list / approve ID --by WHO / deny ID --by WHO: the store every replica reads, and the trail."""
+    from gateway import approvals, audit
+    from gateway.errors import Unavailable
+    from gateway.store import create_tables, make_store_engine
+
+    engine = make_store_engine(settings.store.url)
+    try:
+        await create_tables(engine)
+        if args.command == "approvals":
+            items = await approvals.listing(engine, None if args.all else "pending")
+            if args.json:
+                print(json.dumps([a.to_dict() for a in items], indent=2))
+            elif not items:
+                print("no pending approvals" if not args.all else "no approvals")
+            else:
+                head = ("id", "requested_at", "agent", "dataset", "owner", "status", "decided_by", "query")
+                rows = [tuple(str(a.to_dict()[k] or "-")[:80] for k in head) for a in items]
+                widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+                print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+                for r in rows:
+                    print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+            return EXIT_OK
+        actor = f"cli:{_user()}"
+        approve = args.command == "approve"
+        decided = await approvals.decide(engine, args.approval_id, approve, args.by, settings.approvals.ttl_seconds)
+        if decided is None:
+            print(f"agentgate: no pending approval {args.approval_id}", file=sys.stderr)
+            return EXIT_FAULT
+        message = (f"{'approved' if approve else 'denied'} {decided.id}: {decided.agent} reading {decided.dataset}"
+                   + (f", until {audit.format_time(decided.expires_at)}" if decided.expires_at else ""))
+        await audit.record_once(engine, audit.AuditRecord(
+            time=audit.now(), request_id=uuid.uuid4().hex, action=args.command, decision="allow", status=200,
+            agent=actor, query=json.dumps({"approval_id": decided.id, "agent": decided.agent,
+                                           "dataset": decided.dataset, "by": args.by}),
+            approved_by=args.by if approve else None, reason=message, transport="cli"))
+        print(message)
+        return EXIT_OK
+    except Unavailable as exc:
+        print(f"agentgate: {exc.message} ({exc.reason})", file=sys.stderr)
+        return EXIT_FAULT
     finally:
         await engine.dispose()
 

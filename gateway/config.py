@@ -26,7 +26,7 @@ MAX_LEEWAY_SECONDS = 30.0
 
 # Every key agentgate.toml takes, by table; the README documents each (a test checks).
 CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit"},
+    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost"},
     "server": {"host", "port", "max_body_bytes"},
     "sql": {"enabled"},
     "approvals": {"ttl_seconds"},
@@ -35,6 +35,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
     "store": {"url"},
     "audit": {"checkpoint_key", "checkpoint_seconds"},
     "policy": {"dir"},
+    "cost": {"per_request", "per_1k_rows", "per_source_second"},
     "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
 }
 
@@ -123,6 +124,20 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class CostSettings:
+    """Prices for `agentgate usage`: money per request, per 1,000 rows, per second of source time."""
+
+    per_request: float = 0.0
+    per_1k_rows: float = 0.0
+    per_source_second: float = 0.0
+    priced: bool = False  # a [cost] price is set: usage shows cost per unit
+
+    def cost(self, requests: int, rows: int, source_ms: float) -> float:
+        return round(requests * self.per_request + rows / 1000 * self.per_1k_rows
+                     + source_ms / 1000 * self.per_source_second, 6)
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     dir: Path = Path("policies")
 
@@ -150,6 +165,7 @@ class Settings:
     policy: PolicySettings
     sources: Mapping[str, SourceSettings]
     audit: AuditSettings = field(default_factory=AuditSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
 
 
 def find_config(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -213,6 +229,14 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
     reader.only(p, "policy", CONFIG_KEYS["policy"])
     policy = PolicySettings(dir=base / reader.get(p, "policy.dir", str, "policies"))
 
+    co = reader.table(data, "cost")
+    reader.only(co, "cost", CONFIG_KEYS["cost"])
+    prices = {k: float(reader.get(co, f"cost.{k}", (int, float), 0.0)) for k in sorted(CONFIG_KEYS["cost"])}
+    for k, v in prices.items():
+        if not v >= 0 or v == float("inf"):
+            raise ConfigError(path, f"cost.{k}", "must be a number of 0 or more")
+    cost = CostSettings(priced=bool(co), **prices)
+
     sources: dict[str, SourceSettings] = {}
     for name, src in reader.table(data, "sources").items():
         key = f"sources.{name}"
@@ -221,7 +245,7 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         sources[name] = _source(reader, name, src, base)
 
     return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
-                    store=store, policy=policy, sources=sources, audit=audit)
+                    store=store, policy=policy, sources=sources, audit=audit, cost=cost)
 
 
 def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:

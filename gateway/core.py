@@ -29,11 +29,13 @@ from connectors.base import (
     TableQuery,
 )
 from connectors.sql import SqlConnector
-from gateway import admin
+from gateway import admin, approvals
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
+from gateway.budgets import Meter
 from gateway.catalog import Dataset
 from gateway.errors import (
+    ApprovalPending,
     BadRequest,
     Forbidden,
     GatewayError,
@@ -55,7 +57,8 @@ FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read 
 # The audit record's `action` for each operation.
 ACTIONS = {"list": "list", "describe": "describe", "query": "read", "revoke": "revoke", "restore": "restore",
            "list_revocations": "list_revocations", "read_audit": "read_audit", "audit_record": "read_audit",
-           "audit_verify": "verify_audit", "audit_activity": "read_audit", "audit_export": "export_audit"}
+           "audit_verify": "verify_audit", "audit_activity": "read_audit", "audit_export": "export_audit",
+           "list_approvals": "list_approvals", "approve": "approve", "deny_approval": "deny"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Trace:
     columns: list[str] | None = None
     masked: list[str] | None = None
     query: str | None = None  # what was acted on, when it is not the body as sent
+    approved_by: str | None = None  # who approved the read (datasets with approval = "required")
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
 
@@ -112,8 +116,11 @@ class PolicyHolder:
 class Gateway:
     def __init__(self, *, authenticator: Authenticator, policies: PolicyHolder, audit: AuditTrail,
                  sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics,
-                 revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None):
+                 revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None,
+                 approval_ttl: int = 3600):
         self.auth = authenticator
+        self.approval_ttl = approval_ttl
+        self.meter = Meter(store)
         self.checkpoint_key = checkpoint_key
         self.revocations = revocations
         self.store = store
@@ -147,6 +154,8 @@ class Gateway:
             status, decision = exc.status, exc.decision
             trace.reason = exc.reason
             payload = error_body(exc.code, exc.message, req.request_id)
+            if isinstance(exc, ApprovalPending):
+                payload["error"]["approval_id"] = payload["approval_id"] = exc.approval_id
             headers.update(exc.headers)
             if exc.status == 401:
                 headers["WWW-Authenticate"] = 'Bearer realm="agentgate"'
@@ -166,6 +175,7 @@ class Gateway:
             bytes=None if streamed else len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
             source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
             response_sha256=None if streamed else hashlib.sha256(body).hexdigest(), rule=trace.rule,
+            approved_by=trace.approved_by,
             columns=json.dumps(trace.columns) if trace.columns is not None else None,
             masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport)
         try:
@@ -184,21 +194,31 @@ class Gateway:
         return Answer(status=status, body=body, payload=payload, headers=headers)
 
     async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
+        limits = policy.budgets.for_agent(agent.name)
         if req.operation == "list":
+            await self.meter.charge(agent.name, limits)
             out = []
             for ds in policy.catalog:
                 if (await policy.may_read(agent.name, ds)).allowed:
                     out.append(await self._describe(ds))
             trace.rows = len(out)
             return {"datasets": out}
-        ds = await self._readable(policy, agent, req.dataset, trace)
+        ds = await self._readable(policy, agent, req.dataset, trace, approval_handled=True)
+        await self.meter.charge(agent.name, limits)
         if req.operation == "describe":
             return await self._describe(ds)
         if req.operation == "query":
-            return await self._query(req, agent, policy, ds, trace)
+            if ds.approval == "required":
+                trace.approved_by = await self._approved(req, agent, ds)
+            served = await self._query(req, agent, policy, ds, trace)
+            await self.meter.add_rows(agent.name, limits, trace.rows or 0)
+            return served
         raise BadRequest(f"unknown operation {req.operation!r}")
 
-    async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: Trace) -> Dataset:
+    async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: Trace, *,
+                        approval_handled: bool = False) -> Dataset:
+        """The dataset, if the policy lets this agent read it. A caller that does not handle human approval
+        (approval_handled False, e.g. SQL mode) gets datasets that need one refused: fail closed."""
         ds = policy.catalog.get(name) if name else None
         if ds is None:
             raise Forbidden(FORBIDDEN, reason="no such dataset")
@@ -206,11 +226,33 @@ class Gateway:
         trace.rule = decision.rule
         if not decision.allowed:
             raise Forbidden(FORBIDDEN, reason=decision.reason)
-        if ds.approval == "required":
-            # Human approval is not built yet: fail closed rather than serve without it.
-            raise Forbidden("this dataset needs human approval, which this gateway does not offer yet",
+        if ds.approval == "required" and not approval_handled:
+            raise Forbidden(f"{ds.name!r} needs a person's approval; read it through its query endpoint",
                             reason="approval required")
         return ds
+
+    async def _approved(self, req: ReadRequest, agent: Agent, ds: Dataset) -> str:
+        """A read of a dataset that needs a person's approval: who approved it, or 202 / 403."""
+        if req.approval_id is None:
+            aid = await approvals.open_request(self.store, agent.name, ds.name, ds.owner, _query_text(req),
+                                               req.request_id)
+            raise ApprovalPending(f"reading {ds.name!r} needs a person's approval (owner: {ds.owner}); ask again "
+                                  "with header X-Approval-Id once it is approved", aid,
+                                  reason=f"approval {aid} opened, pending")
+        found = await approvals.get(self.store, req.approval_id)
+        if found is None or found.agent != agent.name or found.dataset != ds.name:
+            raise Forbidden("this approval id does not serve this agent and dataset",
+                            reason=f"approval {req.approval_id[:64]!r} unknown or for another agent or dataset")
+        if found.status == "pending":
+            raise ApprovalPending(f"approval {found.id} is still pending", found.id,
+                                  reason=f"approval {found.id} still pending")
+        if found.status != "approved":
+            raise Forbidden(f"approval {found.id} was denied",
+                            reason=f"approval {found.id} denied by {found.decided_by}")
+        if found.expired():
+            raise Forbidden(f"approval {found.id} has expired; read without X-Approval-Id to ask again",
+                            reason=f"approval {found.id} expired")
+        return found.decided_by or "unknown"
 
     async def _columns(self, ds: Dataset) -> list[ColumnInfo]:
         source = self.sources.get(ds.source)

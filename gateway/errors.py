@@ -7,6 +7,7 @@ transports render all of them through ``error_body`` so there is one JSON
 shape for every error.
 
     GatewayError
+    ├── ApprovalPending     202 approval_pending (body carries approval_id at its top level)
     ├── BadRequest          400 bad_request
     ├── Unauthenticated     401 unauthenticated
     ├── Forbidden           403 forbidden
@@ -37,6 +38,16 @@ class GatewayError(Exception):
         # What the audit record says; may be more precise than what the agent is told.
         self.reason = reason or message
         self.headers = headers or {}
+
+
+class ApprovalPending(GatewayError):
+    """Not a failure: the read waits for a person. The answer carries the approval's id."""
+
+    status, code, decision = 202, "approval_pending", "pending"
+
+    def __init__(self, message: str, approval_id: str, *, reason: str | None = None):
+        super().__init__(message, reason=reason)
+        self.approval_id = approval_id
 
 
 class BadRequest(GatewayError):

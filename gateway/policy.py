@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.budgets import NO_BUDGETS, Budgets, load_budgets
 from gateway.catalog import Catalog, Dataset, load_catalog
 from gateway.config import SourceSettings
 from gateway.decisions import CasbinEngine, Decision, Engine, IndexedEngine, Rule, build_enforcer
@@ -69,6 +70,7 @@ class Policy:
     cases: tuple[PolicyCase, ...]
     engine: Engine
     indexed: bool
+    budgets: Budgets = NO_BUDGETS
 
     async def decide(self, agent: str, obj: str, act: str) -> Decision:
         return await self.engine.decide(agent, obj, act)
@@ -98,6 +100,7 @@ def load_policy(policy_dir: Path, sources: Mapping[str, SourceSettings]) -> Poli
     rules, groupings = _parse_lines(policy_dir / "policy.csv")
     catalog = load_catalog(policy_dir / "datasets.toml", sources)
     cases = _load_cases(policy_dir / "tests.toml")
+    budgets = load_budgets(policy_dir / "budgets.toml")
     indexed = _normalise(model_text) == _normalise(SHIPPED_MODEL)
     engine: Engine
     if indexed:
@@ -110,7 +113,7 @@ def load_policy(policy_dir: Path, sources: Mapping[str, SourceSettings]) -> Poli
         except Exception as exc:  # pycasbin raises bare RuntimeError/KeyError strings
             raise ConfigError(model_path, None, f"Casbin cannot load this model and policy: {exc}") from None
     return Policy(dir=policy_dir, catalog=catalog, rules=tuple(rules), groupings=tuple(groupings),
-                  cases=tuple(cases), engine=engine, indexed=indexed)
+                  cases=tuple(cases), engine=engine, indexed=indexed, budgets=budgets)
 
 
 async def failing_cases(policy: Policy) -> list[str]:
@@ -124,8 +127,6 @@ def lint(policy: Policy) -> tuple[list[str], list[str]]:
     """Faults (grants on no dataset) and warnings (idle roles, unreadable datasets) for `check`."""
     faults: list[str] = []
     warnings: list[str] = []
-    if (policy.dir / "budgets.toml").exists():
-        warnings.append("budgets.toml: budgets are not enforced by this version yet")
     names = list(policy.catalog.datasets)
     for rule in policy.rules:
         if rule.obj.startswith(ADMIN_PREFIX):

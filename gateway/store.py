@@ -110,6 +110,35 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# Budget counters (gateway/budgets.py): one row per agent, window kind ("minute"/"day") and window start.
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("agent", String(255), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("window_start", String(20), primary_key=True),  # "2026-01-31T12:05" or "2026-01-31" (UTC)
+    Column("requests", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+)
+
+# Human approvals (gateway/approvals.py).
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),  # uuid hex
+    Column("agent", Text, nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("owner", Text),  # the dataset's owner when it was asked
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending, approved, denied
+    Column("decided_by", Text),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("query", Text),
+    Column("request_id", String(64)),
+    Index("ix_approvals_status", "status"),
+)
+
 
 def make_store_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)

@@ -310,6 +310,7 @@ def test_a_record_shows_every_field_with_its_hashes(client: TestClient) -> None:
         assert f'<th scope="row">{name}</th>' in r.text
     assert str(denied["hash"]) in r.text and str(denied["prev_hash"]) in r.text
     assert str(denied["request_id"]) in r.text and "DENIED" in r.text
+    assert "sales-ops@example.com" in r.text  # the owner of what was asked for
     # The query pretty-printed.
     ok = trail(client, agent="support-bot", decision="allow", dataset="customers")[0]
     r = client.get(f"/admin/records/{ok['id']}")

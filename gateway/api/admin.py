@@ -39,6 +39,18 @@ async def audit_export(request: Request) -> Response:
     return await handle(request, "audit_export", "GET", params=dict(request.query_params))
 
 
+async def approvals(request: Request) -> Response:
+    return await handle(request, "list_approvals", "GET", params=dict(request.query_params))
+
+
+async def approve(request: Request) -> Response:
+    return await handle(request, "approve", "POST", params={"id": request.path_params["id"]})
+
+
+async def deny(request: Request) -> Response:
+    return await handle(request, "deny_approval", "POST", params={"id": request.path_params["id"]})
+
+
 async def unknown(request: Request) -> Response:
     return await handle(request, "unknown", request.method)
 
@@ -51,5 +63,8 @@ routes = [
     Route("/admin/v1/audit/activity", audit_activity, methods=ALL_METHODS),
     Route("/admin/v1/audit/export", audit_export, methods=ALL_METHODS),
     Route("/admin/v1/audit/{id}", audit_record, methods=ALL_METHODS),
+    Route("/admin/v1/approvals", approvals, methods=ALL_METHODS),
+    Route("/admin/v1/approvals/{id}/approve", approve, methods=ALL_METHODS),
+    Route("/admin/v1/approvals/{id}/deny", deny, methods=ALL_METHODS),
     Route("/admin/v1/{rest:path}", unknown, methods=ALL_METHODS),
 ]

@@ -214,8 +214,15 @@ async def record(request: Request, token: str) -> Response:
     rid = request.path_params["id"]
     answer = await _ask(request, token, "audit_record", {"id": rid})
     rec = answer["record"]
+    # Who owns what was read: catalog metadata from the policy in force (no data, nothing to authorise).
+    policy = request.app.state.policies.current
+    owners = []
+    for name in (rec.get("dataset") or "").split(","):
+        ds = policy.catalog.get(name) if policy is not None and name else None
+        if ds is not None:
+            owners.append((ds.name, ds.owner))
     return _render(request, "record.html", record=rec, json_fields=("query", "columns", "masked"),
-                   mono_fields=("request_id", "response_sha256", "prev_hash", "hash"))
+                   mono_fields=("request_id", "response_sha256", "prev_hash", "hash"), owners=owners)
 
 
 @signed_in
