@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import SECRET, terminate_backends, token, write_workspace
+from tests.serving import free_port
 
 AGENTGATE = str(Path(sys.executable).with_name("agentgate"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

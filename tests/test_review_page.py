@@ -11,14 +11,8 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,6 +25,7 @@ from gateway.audit import FIELD_ORDER
 from gateway.web import chart
 from gateway.web.routes import COOKIE
 from tests.conftest import IN_CI, bearer, client_for, token, write_workspace
+from tests.serving import serving
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -377,44 +372,6 @@ def test_logout_clears_the_cookie(client: TestClient) -> None:
 # --- end to end: `agentgate serve` and a real browser ----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serving(config: Path, log: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "AGENTGATE_CONFIG"}
-    with log.open("wb") as out:
-        script = Path(sys.executable).parent / "agentgate"
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-        proc = subprocess.Popen([*command, "serve", "--config", str(config), "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"agentgate serve was not ready within 15 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def _browser_or_skip() -> None:
     reason = None
     if not CHROMIUM.exists():
@@ -435,7 +392,7 @@ def test_end_to_end_in_headless_chromium(tmp_path: Path, sqlite_source: str) -> 
     from playwright.sync_api import expect, sync_playwright
 
     config = write_workspace(tmp_path, source_url=sqlite_source)
-    with _serving(config, tmp_path / "serve.log") as base:
+    with serving(config, tmp_path / "serve.log") as base:
         with httpx.Client(base_url=base) as http:
             for agent, dataset, body, status in [
                 ("support-bot", "customers", {"columns": ["id", "name", "email"], "limit": 3}, 200),

@@ -2,81 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import DATASETS, write_workspace
-
-START_TIMEOUT = 15.0
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "AGENTGATE_CONFIG"}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+from tests.serving import env, free_port, serving
 
 
 def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *map(str, args)], capture_output=True, text=True,
-                          env=_env(), timeout=timeout, cwd=Path(__file__).parent)
+                          env=env(), timeout=timeout, cwd=Path(__file__).parent)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn shuts down gracefully, workers too); SIGKILL the whole group if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-@contextlib.contextmanager
-def serving(config: Path, log: Path, *extra: str) -> Iterator[str]:
-    """`agentgate serve` on a free port; yields the base URL once /readyz answers 200."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-                                 "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT, env=_env(),
-                                cwd=Path(__file__).parent, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"agentgate serve was not ready within {START_TIMEOUT:g} s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        _stop(proc)
-    # A clean shutdown: 0, or uvicorn re-raising the SIGTERM it handled.
-    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
-    assert "Traceback" not in log.read_text()
 
 
 def issue(config: Path, agent: str) -> dict[str, str]:
@@ -130,7 +72,7 @@ def test_serve_refuses_to_start_on_a_missing_table(tmp_path: Path, sqlite_source
                              datasets=DATASETS.replace('table = "orders"', 'table = "invoices_2019"'))
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-                           "--port", str(free_port())], capture_output=True, text=True, env=_env(), timeout=30,
+                           "--port", str(free_port())], capture_output=True, text=True, env=env(), timeout=30,
                           cwd=Path(__file__).parent)
     assert time.monotonic() - started < 10
     assert proc.returncode != 0
