@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.query import CursorCodec
 from gateway.reloader import PolicyReloader, load_checked_policy
 from gateway.revocations import Registry
-from gateway.sources import check_tables, open_sources
+from gateway.sources import check_tables, open_http_sources, open_sources
 from gateway.store import create_tables, make_store_engine, shared_secret
 from gateway.sync import StoreSync
 from gateway.web import routes as web_routes
@@ -47,6 +47,9 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             sources = await asyncio.to_thread(open_sources, settings.sources)
             for source in sources.values():
                 stack.push_async_callback(source.close)
+            http_sources = open_http_sources(settings.sources)
+            for http_source in http_sources.values():
+                stack.push_async_callback(http_source.close)
             policy = await load_checked_policy(settings)
             for warning in await check_tables(policy.catalog, sources, settings.policy.dir / "datasets.toml",
                                               strict_reachability=False):
@@ -70,6 +73,7 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                 await checkpointer.start()
                 stack.push_async_callback(checkpointer.close)
             state.gateway = Gateway(authenticator=authenticator, policies=holder, audit=trail, sources=sources,
+                                    http_sources=http_sources,
                                     cursors=cursors, metrics=metrics, revocations=revocations, store=store,
                                     checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds)
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",

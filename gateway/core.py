@@ -28,6 +28,7 @@ from connectors.base import (
     SourceUnavailable,
     TableQuery,
 )
+from connectors.http import HttpAnswer, HttpConnector
 from connectors.sql import SqlConnector
 from gateway import admin, approvals
 from gateway.audit import AuditRecord, AuditTrail, now
@@ -54,8 +55,11 @@ log = logging.getLogger("agentgate.core")
 
 # One answer for "denied" and "no such dataset", so dataset names do not leak.
 FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read it"
+# Headers of an HTTP source's answer passed through to the agent (besides its content type).
+PASSED_HEADERS = frozenset({"etag", "last-modified", "content-language", "content-disposition", "retry-after"})
 # The audit record's `action` for each operation.
-ACTIONS = {"list": "list", "describe": "describe", "query": "read", "revoke": "revoke", "restore": "restore",
+ACTIONS = {"list": "list", "describe": "describe", "query": "read", "proxy": "read", "revoke": "revoke",
+           "restore": "restore",
            "list_revocations": "list_revocations", "read_audit": "read_audit", "audit_record": "read_audit",
            "audit_verify": "verify_audit", "audit_activity": "read_audit", "audit_export": "export_audit",
            "list_approvals": "list_approvals", "approve": "approve", "deny_approval": "deny"}
@@ -64,7 +68,7 @@ ACTIONS = {"list": "list", "describe": "describe", "query": "read", "revoke": "r
 @dataclass(frozen=True)
 class ReadRequest:
     request_id: str
-    operation: str  # "list", "describe", "query", or "unknown" for a path no route serves
+    operation: str  # "list", "describe", "query", "proxy", or "unknown" for a path no route serves
     authorization: str | None
     dataset: str | None = None
     body: bytes | None = None
@@ -103,6 +107,7 @@ class Trace:
     approved_by: str | None = None  # who approved the read (datasets with approval = "required")
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
+    raw: HttpAnswer | None = None  # a source's answer passed through as it came (HTTP datasets)
 
 
 class PolicyHolder:
@@ -115,7 +120,8 @@ class PolicyHolder:
 
 class Gateway:
     def __init__(self, *, authenticator: Authenticator, policies: PolicyHolder, audit: AuditTrail,
-                 sources: Mapping[str, SqlConnector], cursors: CursorCodec, metrics: Metrics,
+                 sources: Mapping[str, SqlConnector], http_sources: Mapping[str, HttpConnector] | None = None,
+                 cursors: CursorCodec, metrics: Metrics,
                  revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None,
                  approval_ttl: int = 3600):
         self.auth = authenticator
@@ -127,6 +133,7 @@ class Gateway:
         self.policies = policies
         self.audit = audit
         self.sources = sources
+        self.http_sources = http_sources or {}
         self.cursors = cursors
         self.metrics = metrics
 
@@ -164,7 +171,12 @@ class Gateway:
             status, decision = 500, "error"
             trace.reason = "internal error"
             payload = error_body("internal", "internal error", req.request_id)
-        body = _render(payload) if payload is not None else b""
+        raw = trace.raw if decision == "allow" else None
+        if raw is not None:  # the source's own answer, passed through byte for byte
+            status, body = raw.status, raw.body
+            headers.update({k: v for k, v in raw.headers.items() if k.lower() in PASSED_HEADERS})
+        else:
+            body = _render(payload) if payload is not None else b""
         streamed = trace.stream is not None and status == 200
         who = trace.agent
         record = AuditRecord(
@@ -185,12 +197,15 @@ class Gateway:
             status, decision = 503, "error"
             payload = error_body(exc.code, exc.message, req.request_id)
             body, headers = _render(payload), {}
-            streamed = False
+            streamed, raw = False, None
         self.metrics.requests.labels(decision, trace.dataset or "").inc()
         self.metrics.latency.labels(req.operation).observe(time.perf_counter() - started)
         if streamed:
             return Answer(status=status, body=b"", payload=None, headers=headers, stream=trace.stream,
                           media_type=trace.media_type)
+        if raw is not None:
+            return Answer(status=status, body=body, payload=None, headers=headers,
+                          media_type=raw.content_type or "application/octet-stream")
         return Answer(status=status, body=body, payload=payload, headers=headers)
 
     async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
@@ -213,6 +228,11 @@ class Gateway:
             served = await self._query(req, agent, policy, ds, trace)
             await self.meter.add_rows(agent.name, limits, trace.rows or 0)
             return served
+        if req.operation == "proxy":
+            if ds.approval == "required":
+                trace.approved_by = await self._approved(req, agent, ds)
+            await self._proxy(req, agent, ds, trace)
+            return {}
         raise BadRequest(f"unknown operation {req.operation!r}")
 
     async def _readable(self, policy: Policy, agent: Agent, name: str | None, trace: Trace, *,
@@ -318,6 +338,26 @@ class Gateway:
         cursor = self.cursors.encode(fingerprint, page.after) if page.after is not None else None
         return {"dataset": ds.name, "columns": requested, "rows": rows, "masked": masked, "next_cursor": cursor}
 
+    async def _proxy(self, req: ReadRequest, agent: Agent, ds: Dataset, trace: Trace) -> None:
+        """GET through an HTTP dataset. The source's answer passes through, except that the source refusing the
+        gateway's own credentials (401, 407) and any 5xx are the source failing: 502."""
+        source = self.http_sources.get(ds.source)
+        if source is None or ds.path is None:
+            raise BadRequest(f"{ds.name!r} is not an HTTP dataset; read it through its query endpoint")
+        try:
+            got = await self.revocations.guarded(agent, source.get(
+                ds.path, req.params.get("path", ""), req.params.get("query", ""), accept=req.params.get("accept")))
+        except InvalidQuery as exc:
+            raise BadRequest(str(exc)) from exc
+        except SourceTimedOut as exc:
+            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise SourceError("the source failed", reason=str(exc)) from exc
+        trace.source_ms = got.source_ms
+        if got.status in (401, 407) or got.status >= 500:
+            raise SourceError("the source failed", reason=f"source {ds.source!r} answered {got.status}")
+        trace.raw = got
+
     @staticmethod
     def _usable(ds: Dataset, known: list[str], hidden: set[str], column: str, verb: str) -> None:
         if column not in known:
@@ -333,6 +373,9 @@ def _render(payload: Mapping[str, Any]) -> bytes:
 
 
 def _query_text(req: ReadRequest) -> str | None:
+    if req.operation == "proxy":  # what was asked of an HTTP dataset: its path and query string
+        path, query = req.params.get("path", ""), req.params.get("query", "")
+        return "/" + path + (f"?{query}" if query else "")
     if req.body is None or req.body_too_large:
         return None
     return req.body.decode("utf-8", errors="replace")

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 
 from connectors.base import MissingTable, SourceTimedOut, SourceUnavailable
+from connectors.http import HttpConnector
 from connectors.sql import SqlConnector, make_engine, seed_sqlite
 from gateway.catalog import Catalog, Dataset
 from gateway.config import SourceSettings
@@ -27,6 +28,13 @@ def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnect
                              read_only=src.read_only)
         out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
     return out
+
+
+def open_http_sources(settings: Mapping[str, SourceSettings]) -> dict[str, HttpConnector]:
+    """One pooled HTTP client per HTTP source, its configured headers (credentials) sent on every request."""
+    return {name: HttpConnector(name, src.url, headers={k: v.reveal() for k, v in src.headers.items()},
+                                timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
+            for name, src in settings.items() if src.kind == "http"}
 
 
 async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], policy_file: object,
