@@ -9,8 +9,9 @@ import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
-from gateway.api import admin, data, ops
+from gateway.api import admin, data, mcp_server, ops
 from gateway.audit import AuditTrail
 from gateway.auth import Authenticator
 from gateway.config import Settings, find_config, load_settings
@@ -76,11 +77,17 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                                     http_sources=http_sources,
                                     cursors=cursors, metrics=metrics, revocations=revocations, store=store,
                                     checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds)
+            # The MCP session manager: one per app start, run for as long as the app is.
+            state.mcp = mcp_manager = mcp_server.session_manager(
+                state.gateway, settings.server.max_body_bytes, sql_enabled=settings.sql.enabled)
+            await stack.enter_async_context(mcp_manager.run())
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",
                      len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
             yield
 
-    return Starlette(routes=[*data.routes, *admin.routes, *ops.routes, *web_routes.routes], lifespan=lifespan)
+    mcp_route = Route("/mcp", mcp_server.McpEndpoint())
+    return Starlette(routes=[mcp_route, *data.routes, *admin.routes, *ops.routes, *web_routes.routes],
+                     lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:

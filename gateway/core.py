@@ -30,7 +30,7 @@ from connectors.base import (
 )
 from connectors.http import HttpAnswer, HttpConnector
 from connectors.sql import SqlConnector
-from gateway import admin, approvals
+from gateway import admin, approvals, sqlmode
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
 from gateway.budgets import Meter
@@ -58,7 +58,7 @@ FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read 
 # Headers of an HTTP source's answer passed through to the agent (besides its content type).
 PASSED_HEADERS = frozenset({"etag", "last-modified", "content-language", "content-disposition", "retry-after"})
 # The audit record's `action` for each operation.
-ACTIONS = {"list": "list", "describe": "describe", "query": "read", "proxy": "read", "revoke": "revoke",
+ACTIONS = {"list": "list", "describe": "describe", "query": "read", "proxy": "read", "sql": "read", "revoke": "revoke",
            "restore": "restore",
            "list_revocations": "list_revocations", "read_audit": "read_audit", "audit_record": "read_audit",
            "audit_verify": "verify_audit", "audit_activity": "read_audit", "audit_export": "export_audit",
@@ -218,6 +218,10 @@ class Gateway:
                     out.append(await self._describe(ds))
             trace.rows = len(out)
             return {"datasets": out}
+        if req.operation == "sql":
+            served = await self._sql(req, agent, policy, trace)
+            await self.meter.add_rows(agent.name, limits, trace.rows or 0)
+            return served
         ds = await self._readable(policy, agent, req.dataset, trace, approval_handled=True)
         await self.meter.charge(agent.name, limits)
         if req.operation == "describe":
@@ -337,6 +341,71 @@ class Gateway:
         trace.rows, trace.columns, trace.masked = len(rows), fetched, masked
         cursor = self.cursors.encode(fingerprint, page.after) if page.after is not None else None
         return {"dataset": ds.name, "columns": requested, "rows": rows, "masked": masked, "next_cursor": cursor}
+
+    async def _sql(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
+        """SQL mode: one SELECT over datasets standing as tables (see gateway/sqlmode.py). Every dataset it
+        touches is authorised as a read is (datasets needing approval refused), masked columns are NULL in the
+        subquery that replaces each dataset, and only the regenerated SQL reaches the source."""
+        sql = sqlmode.parse_body(req.body)
+        trace.query = sql
+        dialects = {sqlmode.DIALECTS.get(s.dialect, s.dialect) for s in self.sources.values()}
+        if len(dialects) == 1:
+            dialect = next(iter(dialects))
+        else:  # sources of several dialects: the datasets named pick the source, then its dialect parses
+            names = {sqlmode.reference_name(t) for t in sqlmode.dataset_references(sqlmode.parse(sql, ""))}
+            picked = {ds.source for n in names if n and (ds := policy.catalog.get(n)) is not None}
+            source_name = next(iter(picked)) if len(picked) == 1 else None
+            found = self.sources.get(source_name) if source_name else None
+            dialect = sqlmode.DIALECTS.get(found.dialect, found.dialect) if found else ""
+        tree = sqlmode.parse(sql, dialect)
+        sqlmode.check_cte_names(tree, {n.lower() for ds in policy.catalog for n in (
+            ds.name, (ds.table or "").rpartition(".")[2])})
+        refs = sqlmode.dataset_references(tree)
+        touched = sorted({sqlmode.reference_name(t) or "" for t in refs})
+        trace.dataset = ",".join(n for n in touched if n) or None
+        datasets: dict[str, Dataset] = {}
+        for ref in refs:
+            name = sqlmode.reference_name(ref)
+            if name is None:  # schema-qualified: a raw table or a system catalog
+                raise Forbidden(FORBIDDEN, reason=f"SQL names {ref.sql()[:100]!r}, which is no dataset")
+            if name not in datasets:
+                datasets[name] = await self._readable(policy, agent, name, trace)
+        if not datasets:
+            raise BadRequest("the SQL reads no dataset")
+        kinds = {ds.source for ds in datasets.values()}
+        source = self.sources.get(next(iter(kinds)))
+        if len(kinds) != 1 or source is None or any(ds.table is None for ds in datasets.values()):
+            raise BadRequest("SQL mode reads datasets of one SQL source at a time")
+        await self.meter.charge(agent.name, policy.budgets.for_agent(agent.name))
+        plan: dict[str, sqlmode.Source] = {}
+        for ds in datasets.values():
+            assert ds.table is not None
+            try:
+                info = await source.columns(ds.table)
+            except MissingTable as exc:
+                raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
+            except SourceTimedOut as exc:
+                raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+            except SourceUnavailable as exc:
+                raise SourceError("the source failed", reason=str(exc)) from exc
+            visible = await policy.visible_classes(agent.name, ds)
+            hidden = frozenset(c for c, cls in ds.column_classes.items() if cls not in visible)
+            plan[ds.name] = sqlmode.Source(ds.name, ds.table, [c.name for c in info], hidden, ds.max_rows)
+        text, limit, hidden_names, aliased = sqlmode.rewrite(tree, refs, plan, dialect)
+        try:
+            page = await self.revocations.guarded(agent, source.run_select(text, limit))
+        except InvalidQuery as exc:
+            raise BadRequest(str(exc)) from exc
+        except SourceTimedOut as exc:
+            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise SourceError("the source failed", reason=str(exc)) from exc
+        trace.source_ms = page.source_ms
+        columns = list(page.columns)
+        masked = [c for c in columns if c in hidden_names or c in aliased]
+        trace.rows, trace.columns, trace.masked = len(page.rows), [c for c in columns if c not in masked], masked
+        return {"dataset": trace.dataset, "columns": columns, "rows": page.rows, "masked": masked,
+                "next_cursor": None}
 
     async def _proxy(self, req: ReadRequest, agent: Agent, ds: Dataset, trace: Trace) -> None:
         """GET through an HTTP dataset. The source's answer passes through, except that the source refusing the

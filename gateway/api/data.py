@@ -81,6 +81,13 @@ async def proxy_dataset(request: Request) -> Response:
     return await handle(request, "proxy", "GET", request.path_params["name"], params, route_error=odd)
 
 
+async def run_sql(request: Request) -> Response:
+    """POST /v1/sql: one SELECT over datasets (SQL mode); 404 where [sql] enabled = false."""
+    if not request.app.state.settings.sql.enabled:
+        return await handle(request, "unknown", request.method)
+    return await handle(request, "sql", "POST")
+
+
 async def unknown(request: Request) -> Response:
     return await handle(request, "unknown", request.method)
 
@@ -90,5 +97,6 @@ routes = [
     Route("/v1/datasets/{name}", describe_dataset, methods=ALL_METHODS),
     Route("/v1/datasets/{name}/query", query_dataset, methods=ALL_METHODS),
     Route("/v1/datasets/{name}/proxy/{path:anypath}", proxy_dataset, methods=ALL_METHODS),
+    Route("/v1/sql", run_sql, methods=ALL_METHODS),
     Route("/v1/{rest:anypath}", unknown, methods=ALL_METHODS),
 ]
