@@ -16,11 +16,11 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from gateway.config import Settings, find_config, load_settings
 from gateway.errors import ConfigError
@@ -161,10 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_replay(settings, args))
             return asyncio.run(_check(settings))
         if args.command == "usage":
-            return asyncio.run(_usage(settings, args))
+            return _read_only(lambda: asyncio.run(_usage(settings, args)))
         if args.command == "token":
             return _token(settings, args)
         if args.command == "audit":
+            if args.audit_command in ("list", "export", "verify"):
+                return _read_only(lambda: asyncio.run(_audit(settings, args)))
             return asyncio.run(_audit(settings, args))
         if args.command in ("revoke", "restore", "reload"):
             return asyncio.run(_admin(settings, args))
@@ -180,6 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_FAULT
     return EXIT_USAGE
+
+
+def _read_only(run: Callable[[], int], attempts: int = 5) -> int:
+    """Run a command that only reads the store, again when a SQLite store is busy for a moment
+    (another process closing it checkpoints the WAL under an exclusive lock). Never for writes."""
+    for attempt in range(attempts):
+        try:
+            return run()
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
