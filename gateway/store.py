@@ -162,7 +162,8 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         # Switching the journal mode needs the database to itself: only when it is not WAL yet.
-        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        cur.execute("PRAGMA journal_mode")
+        if str(cur.fetchone()[0]).lower() != "wal":
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA synchronous=NORMAL")
