@@ -10,11 +10,12 @@ Exactly one place decides and exactly one place writes the audit record
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,14 +301,8 @@ class Gateway:
         if source is None or ds.table is None:
             raise BadRequest(f"{ds.name!r} is not a SQL dataset; read it through its proxy path")
         body = parse_body(req.body)
-        try:
+        with source_errors():
             info = await source.columns(ds.table)
-        except MissingTable as exc:
-            raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
-        except SourceTimedOut as exc:
-            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
-        except SourceUnavailable as exc:
-            raise SourceError("the source failed", reason=str(exc)) from exc
         known = [c.name for c in info]
         requested = list(body.columns) if body.columns is not None else known
         for name in requested:
@@ -325,14 +320,8 @@ class Gateway:
         after = self.cursors.decode(fingerprint, body.cursor) if body.cursor else None
         query = TableQuery(table=ds.table, columns=fetched, where=body.where, order_by=body.order_by,
                            limit=min(body.limit, ds.max_rows), after=after)
-        try:
+        with source_errors():
             page = await self.revocations.guarded(agent, source.fetch(query))
-        except InvalidQuery as exc:
-            raise BadRequest(str(exc)) from exc
-        except SourceTimedOut as exc:
-            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
-        except SourceUnavailable as exc:
-            raise SourceError("the source failed", reason=str(exc)) from exc
         trace.source_ms = page.source_ms
         if masked:
             rows = [{c: (None if c in hidden else row[c]) for c in requested} for row in page.rows]
@@ -380,26 +369,14 @@ class Gateway:
         plan: dict[str, sqlmode.Source] = {}
         for ds in datasets.values():
             assert ds.table is not None
-            try:
+            with source_errors():
                 info = await source.columns(ds.table)
-            except MissingTable as exc:
-                raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
-            except SourceTimedOut as exc:
-                raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
-            except SourceUnavailable as exc:
-                raise SourceError("the source failed", reason=str(exc)) from exc
             visible = await policy.visible_classes(agent.name, ds)
             hidden = frozenset(c for c, cls in ds.column_classes.items() if cls not in visible)
             plan[ds.name] = sqlmode.Source(ds.name, ds.table, [c.name for c in info], hidden, ds.max_rows)
         text, limit, hidden_names, aliased = sqlmode.rewrite(tree, refs, plan, dialect)
-        try:
+        with source_errors():
             page = await self.revocations.guarded(agent, source.run_select(text, limit))
-        except InvalidQuery as exc:
-            raise BadRequest(str(exc)) from exc
-        except SourceTimedOut as exc:
-            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
-        except SourceUnavailable as exc:
-            raise SourceError("the source failed", reason=str(exc)) from exc
         trace.source_ms = page.source_ms
         columns = list(page.columns)
         masked = [c for c in columns if c in hidden_names or c in aliased]
@@ -413,15 +390,9 @@ class Gateway:
         source = self.http_sources.get(ds.source)
         if source is None or ds.path is None:
             raise BadRequest(f"{ds.name!r} is not an HTTP dataset; read it through its query endpoint")
-        try:
+        with source_errors():
             got = await self.revocations.guarded(agent, source.get(
                 ds.path, req.params.get("path", ""), req.params.get("query", ""), accept=req.params.get("accept")))
-        except InvalidQuery as exc:
-            raise BadRequest(str(exc)) from exc
-        except SourceTimedOut as exc:
-            raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
-        except SourceUnavailable as exc:
-            raise SourceError("the source failed", reason=str(exc)) from exc
         trace.source_ms = got.source_ms
         if got.status in (401, 407) or got.status >= 500:
             raise SourceError("the source failed", reason=f"source {ds.source!r} answered {got.status}")
@@ -435,6 +406,21 @@ class Gateway:
             # Filtering or ordering on a masked column would let its values be guessed.
             raise Forbidden(f"cannot {verb} {column!r}: this agent sees it masked",
                             reason=f"{verb} masked column {column!r}")
+
+
+@contextlib.contextmanager
+def source_errors() -> Iterator[None]:
+    """What connectors raise, mapped once into the answers agents get."""
+    try:
+        yield
+    except InvalidQuery as exc:
+        raise BadRequest(str(exc)) from exc
+    except MissingTable as exc:
+        raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
+    except SourceTimedOut as exc:
+        raise SourceTimeout("the source did not answer in time", reason=str(exc)) from exc
+    except SourceUnavailable as exc:
+        raise SourceError("the source failed", reason=str(exc)) from exc
 
 
 def _render(payload: Mapping[str, Any]) -> bytes:
