@@ -40,6 +40,8 @@ class TableQuery:
     order_by: Sequence[SortKey] = ()
     limit: int = 100
     after: Any = None  # a position a previous Page returned, or None for the first page
+    # Rows the reader may see at all (row filters): any of these ANDed groups; None for every row.
+    scope: Sequence[Sequence[Filter]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

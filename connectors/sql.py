@@ -13,20 +13,37 @@ import asyncio
 import base64
 import datetime as dt
 import math
+import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, Column, MetaData, Numeric, Table, and_, case, cast, false, literal, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    Numeric,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    false,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from connectors.base import (
     LIST_OPERATORS,
@@ -215,15 +232,21 @@ class SqlConnector:
                 after = {"k": [_tag(v) for v in last[n:]]}
         return Page(columns=list(query.columns), rows=rows, after=after, source_ms=source_ms)
 
-    async def run_select(self, sql: str, limit: int) -> Page:
+    async def run_select(self, sql: str, limit: int, binds: Mapping[str, tuple[str, str, Any]] | None = None) -> Page:
         """Run an already-built, already-validated SELECT (SQL mode) within the statement timeout, reading at
-        most `limit` rows. Sent to the driver as it is: no parameters, so no placeholder is interpreted."""
+        most `limit` rows. Without binds it is sent to the driver as it is (no parameters, so nothing in it is
+        taken for a placeholder). `binds` maps markers in `sql` (bare identifiers no agent can guess) to the
+        (table, column, value) they stand for: each becomes a parameter bound as that column's type."""
+        statement = await self._bound(sql, binds) if binds else None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._engine.connect() as conn:
-                    await conn.execution_options(no_parameters=True)
-                    result = await conn.exec_driver_sql(sql)
+                    if statement is not None:
+                        result = await conn.execute(statement)
+                    else:
+                        await conn.execution_options(no_parameters=True)
+                        result = await conn.exec_driver_sql(sql)
                     columns = list(result.keys())
                     raw = list(result.fetchmany(limit))
         except TimeoutError:
@@ -247,6 +270,21 @@ class SqlConnector:
             names.append(unique)
         rows = [{name: _jsonable(v) for name, v in zip(names, r, strict=False)} for r in raw]
         return Page(columns=names, rows=rows, after=None, source_ms=source_ms)
+
+    async def _bound(self, sql: str, binds: Mapping[str, tuple[str, str, Any]]) -> TextClause:
+        """`sql` as a text() statement whose markers are bound parameters. Every other colon is escaped, so
+        nothing the agent wrote (a ':x' in a string literal) is taken for a parameter."""
+        escaped = sql.replace(":", "\\:")
+        # One pass with whole-word matches: marker _1 must not eat into marker _10.
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, binds)) + r")\b")
+        escaped = pattern.sub(lambda m: ":" + m.group(1), escaped)
+        params = []
+        for marker, (table, column, value) in binds.items():
+            col = _column(await self._table(table), column)
+            coerced = _coerce(col, value)
+            kind = BigInteger() if isinstance(coerced, int) and not isinstance(coerced, bool) else col.type
+            params.append(bindparam(marker, coerced, type_=kind))
+        return text(escaped).bindparams(*params)
 
     async def close(self) -> None:
         if self._pg is not None:
@@ -281,6 +319,8 @@ class SqlConnector:
     def _statement(self, t: Table, q: TableQuery) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
         cols = [_column(t, name) for name in q.columns]
         conditions = [_condition(_column(t, f.column), f, self.dialect) for f in q.where]
+        if q.scope is not None:
+            conditions.append(self._scope(t, q.scope))
         order: list[tuple[Column[Any], bool]] = [(_column(t, k.column), k.descending) for k in q.order_by]
         pk = list(t.primary_key.columns)
         keys: list[tuple[Column[Any], bool]] | None = list(order)
@@ -313,6 +353,13 @@ class SqlConnector:
         if order_sql:
             stmt = stmt.order_by(*order_sql)
         return stmt.limit(q.limit + 1), keys
+
+
+    def _scope(self, t: Table, scope: Sequence[Sequence[Filter]]) -> ColumnElement[bool]:
+        """Row filters: any of the groups, each an AND of conditions (an empty group is every row)."""
+        groups = [and_(*[_condition(_column(t, f.column), f, self.dialect) for f in group]) if group else true()
+                  for group in scope]
+        return or_(*groups) if groups else false()
 
 
 def _column(t: Table, name: str) -> Column[Any]:

@@ -61,6 +61,7 @@ class AuditRecord:
     columns: str | None = None
     masked: str | None = None
     transport: str | None = None
+    row_filter: str | None = None  # the row filter applied to the read, its claim values filled in
     id: int = 0
     prev_hash: str = ""
     hash: str = ""
@@ -74,7 +75,10 @@ class AuditRecord:
 
 FIELD_ORDER = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
                "decision", "reason", "status", "rows", "bytes", "duration_ms", "source_ms", "response_sha256",
-               "approved_by", "rule", "columns", "masked", "transport", "prev_hash", "hash")
+               "approved_by", "rule", "columns", "masked", "transport", "row_filter", "prev_hash", "hash")
+# Fields added after the first release: left out of the hashed content while null, so records written
+# before they existed keep their hashes.
+LATER_FIELDS = ("row_filter",)
 assert set(FIELD_ORDER) == {f.name for f in fields(AuditRecord)}
 
 
@@ -98,6 +102,9 @@ def canonical(record: AuditRecord) -> bytes:
     """The bytes the chain hashes: every field but `hash`, in a fixed, typed-stable form."""
     body = record.to_dict()
     del body["hash"]
+    for name in LATER_FIELDS:
+        if body[name] is None:
+            del body[name]
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

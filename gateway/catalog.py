@@ -11,12 +11,15 @@ from typing import Any
 
 from gateway.config import SourceSettings
 from gateway.errors import ConfigError
+from gateway.rowfilters import FilterSyntaxError, RowFilter
+from gateway.rowfilters import parse as parse_filter
 
 DEFAULT_MAX_ROWS = 1000
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 # Every key a [datasets.NAME] table takes; the README documents each (a test checks).
-DATASET_KEYS = {"source", "table", "path", "owner", "description", "max_rows", "approval", "columns"}
+DATASET_KEYS = {"source", "table", "path", "owner", "description", "max_rows", "approval", "columns",
+                "row_filters"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Dataset:
     table: str | None = None  # SQL sources: "schema.table" or "table"
     path: str | None = None  # HTTP sources: path prefix under the base URL
     column_classes: Mapping[str, str] = field(default_factory=dict)
+    row_filters: Mapping[str, RowFilter] = field(default_factory=dict)  # role (or agent, or "*") -> filter
 
     @property
     def classes(self) -> frozenset[str]:
@@ -136,4 +140,25 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
     if not isinstance(description, str):
         raise ConfigError(path, f"{key}.description", "must be a string")
     return Dataset(name=name, source=source_name, owner=owner.strip(), description=description,
-                   max_rows=max_rows, approval=approval, table=table, path=prefix, column_classes=classes)
+                   max_rows=max_rows, approval=approval, table=table, path=prefix, column_classes=classes,
+                   row_filters=_row_filters(path, key, body.get("row_filters", {}), table is not None))
+
+
+def _row_filters(path: Path, key: str, raw: Any, sql: bool) -> dict[str, RowFilter]:
+    """[datasets.NAME.row_filters]: role = "filter" (see gateway/rowfilters.py)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"{key}.row_filters", 'must be a table of role = "filter"')
+    if raw and not sql:
+        raise ConfigError(path, f"{key}.row_filters", "only datasets on SQL sources take row filters")
+    out: dict[str, RowFilter] = {}
+    for role, text in raw.items():
+        fkey = f"{key}.row_filters.{role}"
+        if not role.strip():
+            raise ConfigError(path, fkey, "a row filter is keyed by a role, an agent or \"*\"")
+        if not isinstance(text, str):
+            raise ConfigError(path, fkey, 'must be a filter such as "region = {claims.region}"')
+        try:
+            out[role] = parse_filter(text, role)
+        except FilterSyntaxError as exc:
+            raise ConfigError(path, fkey, str(exc)) from None
+    return out

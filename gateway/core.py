@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import (
     ColumnInfo,
+    Filter,
     InvalidQuery,
     MissingTable,
     SourceTimedOut,
@@ -31,7 +32,7 @@ from connectors.base import (
 )
 from connectors.http import HttpAnswer, HttpConnector
 from connectors.sql import SqlConnector
-from gateway import admin, approvals, sqlmode
+from gateway import admin, approvals, rowfilters, sqlmode
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
 from gateway.budgets import Meter
@@ -106,6 +107,7 @@ class Trace:
     masked: list[str] | None = None
     query: str | None = None  # what was acted on, when it is not the body as sent
     approved_by: str | None = None  # who approved the read (datasets with approval = "required")
+    row_filter: str | None = None  # the row filters applied, claim values filled in
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
     raw: HttpAnswer | None = None  # a source's answer passed through as it came (HTTP datasets)
@@ -190,7 +192,8 @@ class Gateway:
             response_sha256=None if streamed else hashlib.sha256(body).hexdigest(), rule=trace.rule,
             approved_by=trace.approved_by,
             columns=json.dumps(trace.columns) if trace.columns is not None else None,
-            masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport)
+            masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport,
+            row_filter=trace.row_filter)
         try:
             await self.audit.record(record)
         except Unavailable as exc:
@@ -316,10 +319,12 @@ class Gateway:
             self._usable(ds, known, hidden, key.column, "order by")
         masked = [c for c in requested if c in hidden]
         fetched = [c for c in requested if c not in hidden]
+        scope, trace.row_filter = self._scope(policy, agent, ds)
         fingerprint = body.fingerprint(ds.name)
         after = self.cursors.decode(fingerprint, body.cursor) if body.cursor else None
         query = TableQuery(table=ds.table, columns=fetched, where=body.where, order_by=body.order_by,
-                           limit=min(body.limit, ds.max_rows), after=after)
+                           limit=min(body.limit, ds.max_rows), after=after,
+                           scope=scope)
         with source_errors():
             page = await self.revocations.guarded(agent, source.fetch(query))
         trace.source_ms = page.source_ms
@@ -367,16 +372,22 @@ class Gateway:
             raise BadRequest("SQL mode reads datasets of one SQL source at a time")
         await self.meter.charge(agent.name, policy.budgets.for_agent(agent.name))
         plan: dict[str, sqlmode.Source] = {}
+        filtered: list[str] = []
         for ds in datasets.values():
             assert ds.table is not None
             with source_errors():
                 info = await source.columns(ds.table)
             visible = await policy.visible_classes(agent.name, ds)
             hidden = frozenset(c for c, cls in ds.column_classes.items() if cls not in visible)
-            plan[ds.name] = sqlmode.Source(ds.name, ds.table, [c.name for c in info], hidden, ds.max_rows)
-        text, limit, hidden_names, aliased = sqlmode.rewrite(tree, refs, plan, dialect)
+            scope, said = self._scope(policy, agent, ds)
+            if said is not None:
+                filtered.append(f"{ds.name}: {said}")
+            plan[ds.name] = sqlmode.Source(ds.name, ds.table, [c.name for c in info], hidden, ds.max_rows, scope)
+        trace.row_filter = "; ".join(sorted(filtered)) or None
+        done = sqlmode.rewrite(tree, refs, plan, dialect)
+        hidden_names, aliased = done.hidden, done.aliased
         with source_errors():
-            page = await self.revocations.guarded(agent, source.run_select(text, limit))
+            page = await self.revocations.guarded(agent, source.run_select(done.sql, done.limit, done.binds))
         trace.source_ms = page.source_ms
         columns = list(page.columns)
         masked = [c for c in columns if c in hidden_names or c in aliased]
@@ -397,6 +408,15 @@ class Gateway:
         if got.status in (401, 407) or got.status >= 500:
             raise SourceError("the source failed", reason=f"source {ds.source!r} answered {got.status}")
         trace.raw = got
+
+    @staticmethod
+    def _scope(policy: Policy, agent: Agent, ds: Dataset) -> tuple[Sequence[Sequence[Filter]] | None, str | None]:
+        """The rows of `ds` this agent may see, as the connector takes them (None: every row), and as the audit
+        record says it; Forbidden when no row filter applies to the agent or one lacks a claim."""
+        scope = rowfilters.scope_for(ds.name, ds.row_filters, agent.name, agent.claims, policy.roles_of(agent.name))
+        if scope is None:
+            return None, None
+        return (None if scope.unrestricted else scope.alternatives), scope.text
 
     @staticmethod
     def _usable(ds: Dataset, known: list[str], hidden: set[str], column: str, verb: str) -> None:

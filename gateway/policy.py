@@ -14,7 +14,7 @@ import io
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.budgets import NO_BUDGETS, Budgets, load_budgets
@@ -71,6 +71,23 @@ class Policy:
     engine: Engine
     indexed: bool
     budgets: Budgets = NO_BUDGETS
+    _roles: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def roles_of(self, agent: str) -> frozenset[str]:
+        """Every role the agent holds through `g` lines, transitively (for row filters), cached per snapshot."""
+        hit = self._roles.get(agent)
+        if hit is None:
+            parents: dict[str, list[str]] = {}
+            for member, role in self.groupings:
+                parents.setdefault(member, []).append(role)
+            seen: set[str] = set()
+            frontier = [agent]
+            while frontier:
+                nxt = [r for m in frontier for r in parents.get(m, ()) if r not in seen and r != agent]
+                seen.update(nxt)
+                frontier = nxt
+            hit = self._roles[agent] = frozenset(seen)
+        return hit
 
     async def decide(self, agent: str, obj: str, act: str) -> Decision:
         return await self.engine.decide(agent, obj, act)

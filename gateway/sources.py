@@ -62,6 +62,9 @@ async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], po
         found.extend(ConfigError(policy_file, f"datasets.{name}.columns.{column}",
                                  f"table {table!r} has no column {column!r}")
                      for column in ds.column_classes if column not in present)
+        found.extend(ConfigError(policy_file, f"datasets.{name}.row_filters.{role}",
+                                 f"table {table!r} has no column {column!r}")
+                     for role, rf in ds.row_filters.items() for column in sorted(rf.columns) if column not in present)
 
     jobs = [one(ds, ds.table, sources[ds.source]) for ds in catalog
             if ds.table is not None and ds.source in sources]

@@ -17,14 +17,17 @@ masked, not HTTP. The gateway's core authorises every dataset it names and runs 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
+from connectors.base import Filter
 from gateway.errors import BadRequest, Forbidden
 
 # SQLAlchemy dialect name -> sqlglot dialect.
@@ -161,6 +164,20 @@ class Source:
     columns: Sequence[str]
     hidden: frozenset[str]
     max_rows: int
+    scope: Sequence[Sequence[Filter]] | None = None  # row filters: any of these ANDed groups; None: every row
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What rewrite() gives the source: the SQL, its row limit, and the values of its bound parameters."""
+
+    sql: str
+    limit: int
+    hidden: frozenset[str]  # the masked column names of the datasets touched
+    aliased: set[str]  # output names of masked columns selected under an alias
+    # Row-filter values to bind: marker -> (real table, column, value). Each marker stands in the SQL as a
+    # bare identifier with a random part no agent can write; the connector turns it into a bound parameter.
+    binds: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
 
 
 def _plain_projection(column: exp.Column) -> bool:
@@ -171,12 +188,14 @@ def _plain_projection(column: exp.Column) -> bool:
 
 
 def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, Source],
-            dialect: str) -> tuple[str, int, frozenset[str], set[str]]:
-    """The SQL to send (regenerated, comments dropped, limited), the row limit, the masked column names of
-    the datasets touched, and the output names of masked columns selected under an alias."""
+            dialect: str) -> Rewritten:
+    """The SQL to send (regenerated, comments dropped, limited), each dataset replaced by a subquery over its
+    table that masks its classed columns and applies its row filters."""
     hidden = frozenset().union(*(s.hidden for s in sources.values()))
     folded = {h.lower() for h in hidden}
     aliased: set[str] = set()
+    binds: dict[str, tuple[str, str, Any]] = {}
+    nonce = secrets.token_hex(8)
     for column in tree.find_all(exp.Column):
         if column.name.lower() in folded:
             if not _plain_projection(column):
@@ -195,7 +214,10 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
         alias = ref.args.get("alias")
         if not isinstance(alias, exp.TableAlias):
             alias = exp.TableAlias(this=exp.to_identifier(ref.name))
-        sub = exp.Subquery(this=exp.select(*cols).from_(real), alias=alias.copy())
+        inner = exp.select(*cols).from_(real)
+        if src.scope is not None:
+            inner = inner.where(_scope_condition(src, binds, nonce))
+        sub = exp.Subquery(this=inner, alias=alias.copy())
         ref.replace(sub)
     limit = min(s.max_rows for s in sources.values())
     current = tree.args.get("limit")
@@ -209,4 +231,34 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
         sql = tree.sql(dialect=dialect, comments=False)
     except SqlglotError as exc:
         raise BadRequest(f"the SQL cannot be rendered for this source: {str(exc)[:200]}") from None
-    return sql, limit, hidden, aliased
+    return Rewritten(sql, limit, hidden, aliased, binds)
+
+
+_COMPARISONS: dict[str, type[exp.Binary]] = {"=": exp.EQ, "!=": exp.NEQ, "<": exp.LT, "<=": exp.LTE,
+                                            ">": exp.GT, ">=": exp.GTE, "like": exp.Like}
+
+
+def _scope_condition(src: Source, binds: dict[str, tuple[str, str, Any]], nonce: str) -> exp.Expr:
+    """A dataset's row filters as a condition on its real table, every value a marker to be bound."""
+    assert src.scope is not None
+
+    def marker(column: str, value: Any) -> exp.Expr:
+        name = f"agrf_{nonce}_{len(binds)}"
+        binds[name] = (src.table, column, value)
+        return exp.column(name)
+
+    groups: list[exp.Expr] = []
+    for group in src.scope:
+        terms: list[exp.Expr] = []
+        for f in group:
+            col = exp.column(f.column, quoted=True)
+            if f.op in ("is null", "is not null"):
+                term: exp.Expr = exp.Is(this=col, expression=exp.Null())
+                terms.append(exp.Not(this=term) if f.op == "is not null" else term)
+            elif f.op in ("in", "not in"):
+                term = exp.In(this=col, expressions=[marker(f.column, v) for v in f.value])
+                terms.append(exp.Not(this=term) if f.op == "not in" else term)
+            else:
+                terms.append(_COMPARISONS[f.op](this=col, expression=marker(f.column, f.value)))
+        groups.append(exp.and_(*terms) if terms else exp.true())
+    return exp.or_(*groups) if groups else exp.false()

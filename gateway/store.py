@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     event,
     insert,
+    inspect,
     select,
     text,
 )
@@ -58,6 +59,7 @@ audit = Table(
     Column("columns", Text),
     Column("masked", Text),
     Column("transport", String(16)),
+    Column("row_filter", Text),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ix_audit_time", "time"),
@@ -180,6 +182,20 @@ async def create_tables(engine: AsyncEngine) -> None:
             # Several replicas may start at once; one creates, the others wait for it.
             await conn.execute(text("SELECT pg_advisory_xact_lock(7243001)"))
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_add_new_columns)
+
+
+def _add_new_columns(conn: Any) -> None:
+    """Upgrade a store made by an earlier release: add the (nullable) columns it lacks. create_all makes
+    missing tables only, never missing columns."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)} "
+                                  f"ADD COLUMN {conn.dialect.identifier_preparer.format_column(column)} {kind}"))
 
 
 async def shared_secret(engine: AsyncEngine, key: str) -> str:
