@@ -232,6 +232,12 @@ class SqlConnector:
                 after = {"k": [_tag(v) for v in last[n:]]}
         return Page(columns=list(query.columns), rows=rows, after=after, source_ms=source_ms)
 
+    async def check_filter(self, table: str, f: Filter) -> None:
+        """InvalidQuery when `f` cannot apply to `table` (an unknown column, a value of the wrong type):
+        lets the catalog's literal filters fail when the policy loads rather than on a read."""
+        t = await self._table(table)
+        _condition(_column(t, f.column), f, self.dialect)
+
     async def run_select(self, sql: str, limit: int, binds: Mapping[str, tuple[str, str, Any]] | None = None) -> Page:
         """Run an already-built, already-validated SELECT (SQL mode) within the statement timeout, reading at
         most `limit` rows. Without binds it is sent to the driver as it is (no parameters, so nothing in it is

@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from connectors.base import MissingTable, SourceTimedOut, SourceUnavailable
+from connectors.base import Filter, InvalidQuery, MissingTable, SourceTimedOut, SourceUnavailable
 from connectors.http import HttpConnector
 from connectors.sql import SqlConnector, make_engine, seed_sqlite
 from gateway.catalog import Catalog, Dataset
 from gateway.config import SourceSettings
 from gateway.errors import ConfigError
+from gateway.rowfilters import Claim, Term
 
 log = logging.getLogger("agentgate.sources")
 
@@ -62,9 +63,12 @@ async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], po
         found.extend(ConfigError(policy_file, f"datasets.{name}.columns.{column}",
                                  f"table {table!r} has no column {column!r}")
                      for column in ds.column_classes if column not in present)
-        found.extend(ConfigError(policy_file, f"datasets.{name}.row_filters.{role}",
-                                 f"table {table!r} has no column {column!r}")
-                     for role, rf in ds.row_filters.items() for column in sorted(rf.columns) if column not in present)
+        for role, rf in ds.row_filters.items():
+            for term in rf.terms:
+                fault = await _filter_fault(source, table, term, present)
+                if fault is not None:
+                    found.append(ConfigError(policy_file, f"datasets.{name}.row_filters.{role}", fault))
+                    break
 
     jobs = [one(ds, ds.table, sources[ds.source]) for ds in catalog
             if ds.table is not None and ds.source in sources]
@@ -74,3 +78,19 @@ async def check_tables(catalog: Catalog, sources: Mapping[str, SqlConnector], po
     elif found:
         raise found[0]
     return warnings
+
+
+async def _filter_fault(source: SqlConnector, table: str, term: Term, present: set[str]) -> str | None:
+    """Why a row filter's term cannot apply to its table: an unknown column, or a literal of the wrong type
+    (values from claims are checked on each read)."""
+    if term.column not in present:
+        return f"table {table!r} has no column {term.column!r}"
+    value = term.value
+    if isinstance(value, Claim) or (isinstance(value, tuple) and any(isinstance(v, Claim) for v in value)):
+        return None
+    try:
+        await source.check_filter(table, Filter(term.column, term.op, list(value) if isinstance(value, tuple)
+                                                else value))
+    except InvalidQuery as exc:
+        return str(exc)
+    return None

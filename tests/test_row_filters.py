@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import DATASETS, POLICY, bearer, client_for, customer_rows, write_workspace
+from tests.test_cli import agentgate
 
 ROWS = customer_rows()
 MAX_ROWS = 25
@@ -198,6 +199,9 @@ def test_sql_mode_refuses_as_the_query_api_does_and_binds_values(gw: TestClient)
     ('support = ""', "datasets.customers.row_filters.support: the filter is empty"),
     ('support = "country = {agent}"', "datasets.customers.row_filters.support: cannot read the filter"),
     ("support = 3", "datasets.customers.row_filters.support: must be a filter"),
+    ("support = \"id = 'seven'\"", "datasets.customers.row_filters.support: 'seven' is not a valid value for 'id'"),
+    ("support = \"country in ('DE', 3)\"", "datasets.customers.row_filters.support: 3 is not a valid value"),
+    ("support = \"id like 'x%'\"", "datasets.customers.row_filters.support: 'like' applies to text columns"),
 ])
 def test_a_bad_row_filter_stops_start_up_naming_file_key_and_fault(tmp_path: Path, sqlite_source: str,
                                                                    filters: str, fault: str) -> None:
@@ -221,3 +225,19 @@ def test_a_store_from_before_row_filters_is_upgraded_and_its_chain_still_verifie
         assert last_record(gw, "support-bot")["row_filter"] == '[support] country = "DE"'
         verified = gw.get("/admin/v1/audit/verify", headers=bearer("alice"))
         assert verified.status_code == 200 and verified.json()["ok"] is True, verified.text
+
+
+def test_check_names_every_bad_row_filter(tmp_path: Path, sqlite_source: str) -> None:
+    bad = DATASETS + """
+[datasets.customers.row_filters]
+support = "nope = 1"
+analyst = "id = 'seven'"
+auditor = "country = {claims.region}"
+"""
+    config = write_workspace(tmp_path, source_url=sqlite_source, datasets=bad)
+    got = agentgate("check", "--config", config)
+    assert got.returncode == 1, got.stdout + got.stderr
+    out = got.stdout + got.stderr
+    assert "datasets.customers.row_filters.support: table 'customers' has no column 'nope'" in out
+    assert "datasets.customers.row_filters.analyst: 'seven' is not a valid value for 'id'" in out
+    assert "row_filters.auditor" not in out  # a claim's value is checked on each read
