@@ -218,7 +218,7 @@ class Gateway:
             await self.meter.charge(agent.name, limits)
             out = []
             for ds in policy.catalog:
-                if (await policy.may_read(agent.name, ds)).allowed:
+                if (await policy.may_read(agent.name, ds)).allowed and self._rows_for(policy, agent, ds):
                     out.append(await self._describe(ds))
             trace.rows = len(out)
             return {"datasets": out}
@@ -254,6 +254,9 @@ class Gateway:
         trace.rule = decision.rule
         if not decision.allowed:
             raise Forbidden(FORBIDDEN, reason=decision.reason)
+        if not self._rows_for(policy, agent, ds):
+            raise Forbidden(f"no row filter of {ds.name!r} applies to this agent, so it may read no rows",
+                            reason=f"no row filter of {ds.name!r} for the agent's roles")
         if ds.approval == "required" and not approval_handled:
             raise Forbidden(f"{ds.name!r} needs a person's approval; read it through its query endpoint",
                             reason="approval required")
@@ -408,6 +411,11 @@ class Gateway:
         if got.status in (401, 407) or got.status >= 500:
             raise SourceError("the source failed", reason=f"source {ds.source!r} answered {got.status}")
         trace.raw = got
+
+    @staticmethod
+    def _rows_for(policy: Policy, agent: Agent, ds: Dataset) -> bool:
+        """Whether some rows of `ds` are the agent's to see: no row filters, or one keyed by it or its roles."""
+        return rowfilters.applies(ds.row_filters, agent.name, policy.roles_of(agent.name))
 
     @staticmethod
     def _scope(policy: Policy, agent: Agent, ds: Dataset) -> tuple[Sequence[Sequence[Filter]] | None, str | None]:

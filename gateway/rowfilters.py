@@ -202,6 +202,12 @@ def _list(take: Callable[[], tuple[str, str]]) -> Any:
     return tuple(values)
 
 
+def applies(filters: Mapping[str, RowFilter], agent: str, roles: Iterable[str]) -> bool:
+    """Whether the agent may see any rows at all: the dataset has no row filters, or one is keyed by the
+    agent, a role it holds, or "*"."""
+    return not filters or agent in filters or EVERY_AGENT in filters or any(r in filters for r in roles)
+
+
 def scope_for(dataset: str, filters: Mapping[str, RowFilter], agent: str, claims: Mapping[str, Any],
               roles: Iterable[str]) -> Scope | None:
     """The rows `agent` may see of `dataset`: None when the dataset has no row filters; else a Scope, or

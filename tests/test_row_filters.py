@@ -117,11 +117,15 @@ def test_a_missing_claim_is_refused_not_widened(gw: TestClient) -> None:
         assert record["decision"] == "deny" and "lacks claim 'region'" in record["reason"]
 
 
-def test_an_agent_no_filter_applies_to_reads_nothing(gw: TestClient) -> None:
+def test_an_agent_no_filter_applies_to_reads_nothing_and_is_not_offered_the_dataset(gw: TestClient) -> None:
     got = read(gw, "other-bot", {}, region="DE")
     assert got.status_code == 403
     assert "no row filter" in got.json()["error"]["message"]
     assert "no row filter" in last_record(gw, "other-bot")["reason"]
+    assert gw.get("/v1/datasets/customers", headers=bearer("other-bot")).status_code == 403
+    assert gw.get("/v1/datasets", headers=bearer("other-bot")).json()["datasets"] == []
+    listed = gw.get("/v1/datasets", headers=bearer("lone-bot")).json()["datasets"]  # keyed by its own name
+    assert [d["name"] for d in listed] == ["customers"]
 
 
 def test_a_filter_keyed_by_the_agents_own_name_and_a_numeric_claim(gw: TestClient) -> None:
