@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import admin, data, mcp_server, ops
 from gateway.audit import AuditTrail
@@ -29,6 +30,20 @@ from gateway.web import routes as web_routes
 __all__ = ["app_from_env", "create_app", "load_checked_policy"]
 
 log = logging.getLogger("agentgate")
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the agents' hot path (POST /v1/datasets/{name}/query) dispatched before the middleware
+    stack and router: the same handler code, less plumbing per read. Everything else takes the usual way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = data.query_route(scope)
+        # Not while starting (no gateway yet), nor if middleware was ever added: it must see every request.
+        if name is not None and not self.user_middleware and hasattr(self.state, "gateway"):
+            scope["app"] = self
+            await data.query_asgi(self.state, name, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
@@ -86,7 +101,7 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             yield
 
     mcp_route = Route("/mcp", mcp_server.McpEndpoint())
-    return Starlette(routes=[mcp_route, *data.routes, *admin.routes, *ops.routes, *web_routes.routes],
+    return GatewayApp(routes=[mcp_route, *data.routes, *admin.routes, *ops.routes, *web_routes.routes],
                      lifespan=lifespan)
 
 

@@ -18,16 +18,19 @@ import hashlib
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import Unavailable
+from gateway.store import anchor as anchor_table
 from gateway.store import asyncpg_dsn
 from gateway.store import audit as audit_table
 
@@ -87,9 +90,14 @@ def now() -> dt.datetime:
 
 
 def format_time(moment: dt.datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not dt.UTC:  # now() and the store give UTC already
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        moment = moment.astimezone(dt.UTC)
+    if moment.year < 1000:  # strftime's %Y does not pad these; the hashed form must not change
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is a fifth of strftime's cost and gives the same text once "+00:00" becomes "Z".
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -98,14 +106,36 @@ def parse_time(value: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+# The hashed fields, already in sorted order: the dict is built sorted, so the encoder need not sort it
+# (same bytes as json.dumps(..., sort_keys=True), for less work per record).
+_HASHED = tuple(sorted(name for name in FIELD_ORDER if name != "hash"))
+_CANONICAL_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# AuditRecord's fields but the chain link, for building a linked copy without dataclasses.replace (slow).
+_CONTENT = tuple(f.name for f in fields(AuditRecord) if f.name not in ("id", "prev_hash", "hash"))
+
+
+_FLOAT_FIELDS = tuple(f.name for f in fields(AuditRecord) if str(f.type).startswith("float"))
+
+
 def canonical(record: AuditRecord) -> bytes:
     """The bytes the chain hashes: every field but `hash`, in a fixed, typed-stable form."""
-    body = record.to_dict()
-    del body["hash"]
+    body = {name: getattr(record, name) for name in _HASHED}
+    body["time"] = format_time(record.time)
     for name in LATER_FIELDS:
         if body[name] is None:
             del body[name]
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if all(_same_in_orjson(getattr(record, name)) for name in _FLOAT_FIELDS):
+        try:
+            return orjson.dumps(body)  # a fifth of json's cost; the same bytes (strings, ints, these floats)
+        except TypeError:
+            pass  # what orjson refuses (a lone surrogate, an int over 64 bits): json's own answer, as ever
+    return _CANONICAL_JSON.encode(body).encode()
+
+
+def _same_in_orjson(value: object) -> bool:
+    """orjson writes floats as json does (shortest repr) except the exponent form, used by json below 1e-4 and
+    from 1e16 on ("1e-05", orjson "1e-5"), and NaN/Infinity (orjson: null). Those go through json."""
+    return not isinstance(value, float) or value == 0.0 or 1e-4 <= abs(value) < 1e16
 
 
 def chain_hash(record: AuditRecord) -> str:
@@ -156,7 +186,7 @@ class AuditTrail:
         if self._writer is None or self._writer.done():
             raise Unavailable("the audit trail is not running; no data is served without an audit record")
         fut: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, fut))
+        self._queue.put_nowait((_storable(record), fut))
         return await fut
 
     async def _run(self) -> None:
@@ -165,27 +195,35 @@ class AuditTrail:
             batch = [first]
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    written = await self._write([r for r, _ in batch])
-            except Exception as exc:  # the store is down or refused: every waiter learns it
-                log.error("audit write failed for %d record(s): %s", len(batch), exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(Unavailable(
-                            "the audit record could not be written; no data is served without one",
-                            reason=f"audit write failed: {type(exc).__name__}"))
-                for _ in batch:
-                    self._queue.task_done()
-                continue
-            if self._observe is not None:
-                self._observe(time.perf_counter() - started, len(batch))
-            for (_, fut), rec in zip(batch, written, strict=True):
-                if not fut.done():
-                    fut.set_result(rec)
+            await self._commit(batch)
             for _ in batch:
                 self._queue.task_done()
+
+    async def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future[AuditRecord]]]) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                written = await self._write([r for r, _ in batch])
+        except Exception as exc:  # the store is down or refused: every waiter learns it
+            if len(batch) > 1 and isinstance(exc, asyncpg.DataError):
+                # One record the store cannot take (a NUL character in a text, say) must not cost the others
+                # in its group their answers: each is written alone, and only that one is refused.
+                log.warning("audit group of %d refused (%s); writing its records one by one", len(batch), exc)
+                for one in batch:
+                    await self._commit([one])
+                return
+            log.error("audit write failed for %d record(s): %s", len(batch), exc)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(Unavailable(
+                        "the audit record could not be written; no data is served without one",
+                        reason=f"audit write failed: {type(exc).__name__}"))
+            return
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started, len(batch))
+        for (_, fut), rec in zip(batch, written, strict=True):
+            if not fut.done():
+                fut.set_result(rec)
 
     async def _write(self, records: list[AuditRecord]) -> list[AuditRecord]:
         if self._pg is not None:
@@ -193,49 +231,172 @@ class AuditTrail:
         async with self._engine.begin() as conn:
             tail = (await conn.execute(
                 select(audit_table.c.id, audit_table.c.hash).order_by(audit_table.c.id.desc()).limit(1))).first()
+            if tail is None:  # an empty trail may still go on from a prune's anchor
+                tail = (await conn.execute(select((anchor_table.c.first_id - 1).label("id"),
+                                                  anchor_table.c.prev_hash.label("hash")))).first()
             out = _chain(records, tail.id if tail else None, tail.hash if tail else None)
             await conn.execute(insert(audit_table), [{f: getattr(r, f) for f in FIELD_ORDER} for r in out])
         return out
 
 
 def _chain(records: list[AuditRecord], tail_id: int | None, tail_hash: str | None) -> list[AuditRecord]:
+    return [rec for rec, _ in _chain_with_bodies(records, tail_id, tail_hash)]
+
+
+def _chain_with_bodies(records: list[AuditRecord], tail_id: int | None,
+                       tail_hash: str | None) -> list[tuple[AuditRecord, bytes]]:
+    """The records linked onto the tail, each with the canonical bytes its hash covers."""
     next_id, prev = (tail_id + 1, tail_hash) if tail_id is not None and tail_hash else (1, GENESIS)
-    out: list[AuditRecord] = []
+    out: list[tuple[AuditRecord, bytes]] = []
     for rec in records:
-        rec = replace(rec, id=next_id, prev_hash=prev)
-        rec = replace(rec, hash=chain_hash(rec))
-        out.append(rec)
-        prev, next_id = rec.hash, next_id + 1
+        linked = AuditRecord(**{name: getattr(rec, name) for name in _CONTENT}, id=next_id, prev_hash=prev)
+        body = canonical(linked)
+        # Set on our own fresh copy, once its other fields are final: replace() would cost as much again.
+        object.__setattr__(linked, "hash", hashlib.sha256(body).hexdigest())
+        out.append((linked, body))
+        prev, next_id = linked.hash, next_id + 1
     return out
 
 
+APPEND_FUNCTION = "agentgate_audit_append_v1"
+# The PostgreSQL append, one round trip whether it succeeds or not: under the chain's lock, and with a snapshot
+# taken after the lock (every statement of a volatile function takes its own, so rows committed by whoever held
+# the lock before are seen), it inserts the group only if the chain's tail is the one the group was linked
+# onto; otherwise it inserts nothing and returns the tail as it is, to link onto and ask again. The records
+# come as JSON objects keyed by column (json_populate_recordset: columns follow the table, no signature to
+# change when a field is added).
+APPEND_FUNCTION_DDL = f"""
+CREATE OR REPLACE FUNCTION {APPEND_FUNCTION}(tail_id bigint, tail_hash text, records json)
+RETURNS TABLE (chain_id bigint, chain_hash text) LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    cur_id bigint;
+    cur_hash text;
+BEGIN
+    PERFORM pg_advisory_xact_lock({CHAIN_LOCK});
+    SELECT a.id, a.hash INTO cur_id, cur_hash FROM audit AS a ORDER BY a.id DESC LIMIT 1;
+    IF cur_id = tail_id AND cur_hash = tail_hash THEN
+        INSERT INTO audit SELECT * FROM json_populate_recordset(NULL::audit, records);
+    ELSE
+        chain_id := cur_id;
+        chain_hash := cur_hash;
+        RETURN NEXT;
+    END IF;
+END
+$fn$"""
+APPEND_TRIES = 8  # then the locked transaction, which always gets through
+
+
+_TEXT_FIELDS = tuple(f.name for f in fields(AuditRecord) if str(f.type).startswith("str"))
+
+
+def _storable(record: AuditRecord) -> AuditRecord:
+    """The record with what a store cannot hold replaced by U+FFFD: NUL characters (PostgreSQL's text has
+    none) and lone surrogates (not UTF-8), which a request body or a token's claims may carry. Such a request
+    is then answered and recorded like any other, not refused for want of a record."""
+    cleaned: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(record, name)
+        if isinstance(value, str) and (fixed := _clean(value)) is not value:
+            cleaned[name] = fixed
+    return replace(record, **cleaned) if cleaned else record
+
+
+def _clean(text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _json_safe(record: AuditRecord) -> bool:
+    """JSON carries the record exactly into its columns (floats finite, a four-digit year)."""
+    return record.time.year >= 1000 and all(
+        (v := getattr(record, name)) is None or math.isfinite(v) for name in _FLOAT_FIELDS)
+
+
 class _PgChainWriter:
-    """PostgreSQL: the writer's own asyncpg connection and prepared statements, so a group of
-    records costs one lock, one tail read, one pipelined insert and one commit."""
+    """PostgreSQL: the writer's own asyncpg connection. A group of records is linked onto the tail this writer
+    last saw and appended by APPEND_FUNCTION in one round trip (one statement, its own transaction and
+    commit). When another writer (replica, worker, CLI) has moved the tail on, the function answers with the
+    new tail, and the group is linked onto that and sent again. The first group, a trail emptied by a prune,
+    and records JSON cannot carry take the locked transaction (lock, tail, insert, commit)."""
 
     _INSERT = 'INSERT INTO audit ({}) VALUES ({})'.format(
         ", ".join(f'"{f}"' for f in FIELD_ORDER), ", ".join(f"${i}" for i in range(1, len(FIELD_ORDER) + 1)))
+    _APPEND = f"SELECT chain_id, chain_hash FROM {APPEND_FUNCTION}($1, $2, $3)"
 
     def __init__(self, engine: AsyncEngine):
         self._dsn = asyncpg_dsn(engine)
         self._conn: Any = None
+        self._tail: tuple[int, str] | None = None  # (id, hash) of the chain's tail as this writer last saw it
+        self._function = False  # APPEND_FUNCTION is there to call
 
     async def write(self, records: list[AuditRecord]) -> list[AuditRecord]:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn, timeout=5.0)
+            self._conn = await self._connect()
         conn = self._conn
         try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
-                tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
-                out = _chain(records, tail["id"] if tail else None, tail["hash"] if tail else None)
-                await conn.executemany(self._INSERT, [tuple(getattr(r, f) for f in FIELD_ORDER) for r in out])
+            out = await self._append(conn, records)
+            if out is None:
+                out = await self._append_locked(conn, records)
+            self._tail = (out[-1].id, out[-1].hash)
             return out
         except BaseException:
-            # The connection's state is unknown (cancelled mid-transaction, or gone): start afresh.
-            self._conn = None
+            # The connection's state is unknown (cancelled mid-statement, or gone), and so is whether the
+            # group was committed: start afresh, tail included.
+            self._conn, self._tail = None, None
             conn.terminate()
             raise
+
+    async def _connect(self) -> Any:
+        conn = await asyncpg.connect(self._dsn, timeout=5.0)
+        try:
+            try:
+                async with conn.transaction():  # under the lock: replicas starting at once replace it in turn
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+                    await conn.execute(APPEND_FUNCTION_DDL)
+                self._function = True
+            except asyncpg.PostgresError as exc:
+                # A store role that may not create (or replace another role's) functions: use the function if
+                # it is there, else the locked transaction for every group. Slower, never wrong.
+                self._function = bool(await conn.fetchval(
+                    "SELECT to_regprocedure($1) IS NOT NULL", f"{APPEND_FUNCTION}(bigint,text,json)"))
+                log.warning("cannot create %s (%s); audit groups are written %s", APPEND_FUNCTION, exc,
+                            "with the existing one" if self._function else "in locked transactions")
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def _append(self, conn: Any, records: list[AuditRecord]) -> list[AuditRecord] | None:
+        """The group appended in one round trip per try; None if the locked transaction must do it."""
+        if not self._function or not all(_json_safe(r) for r in records):
+            return None
+        for _ in range(APPEND_TRIES):
+            if self._tail is None:
+                return None
+            linked = _chain_with_bodies(records, *self._tail)
+            # The canonical bytes are the record as JSON (bar its hash, and later fields while null): the
+            # stored row is, by construction, what the hash covers.
+            payload = ",".join(f'{body[:-1].decode()},"hash":"{rec.hash}"}}' for rec, body in linked)
+            moved = await conn.fetchrow(self._APPEND, *self._tail, f"[{payload}]")
+            if moved is None:
+                return [rec for rec, _ in linked]
+            tail_id, tail_hash = moved["chain_id"], moved["chain_hash"]
+            self._tail = (tail_id, tail_hash) if tail_id is not None else None
+        return None
+
+    async def _append_locked(self, conn: Any, records: list[AuditRecord]) -> list[AuditRecord]:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+            tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+            if tail is None:  # an empty trail may still go on from a prune's anchor
+                tail = await conn.fetchrow("SELECT first_id - 1 AS id, prev_hash AS hash FROM audit_anchor")
+            out = _chain(records, tail["id"] if tail else None, tail["hash"] if tail else None)
+            await conn.executemany(self._INSERT, [tuple(getattr(r, f) for f in FIELD_ORDER) for r in out])
+        return out
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import (
@@ -452,7 +453,11 @@ def source_errors() -> Iterator[None]:
 
 
 def _render(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        # A tenth of json's cost; the same bytes but for floats in exponent form ("1e-5" for "1e-05").
+        return orjson.dumps(payload)
+    except TypeError:  # what orjson refuses (a lone surrogate, an int over 64 bits): json's answer, as before
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _query_text(req: ReadRequest) -> str | None:

@@ -7,8 +7,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from gateway.errors import GatewayError, error_body
 
@@ -30,6 +31,26 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
             return b"", True
         chunks.append(chunk)
     return b"".join(chunks), False
+
+
+async def read_asgi_body(receive: Receive, limit: int, declared: str | None) -> tuple[bytes, bool]:
+    """`read_body` on the ASGI receive channel itself, for routes served without a Request object."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
 
 
 def raw_json(status: int, body: bytes, request_id: str, headers: Mapping[str, str] | None = None) -> Response:
