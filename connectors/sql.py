@@ -13,6 +13,7 @@ import asyncio
 import base64
 import datetime as dt
 import math
+import operator
 import re
 import sqlite3
 import time
@@ -34,7 +35,6 @@ from sqlalchemy import (
     case,
     cast,
     false,
-    literal,
     or_,
     select,
     text,
@@ -114,8 +114,8 @@ def seed_sqlite(url: str, seed: Path) -> bool:
 
 
 class _PgReader:
-    """Runs SQLAlchemy-built SELECTs on an asyncpg pool: compiled once per statement shape (SQLAlchemy's
-    own cache key, which leaves the bound values out), executed as a prepared statement."""
+    """Runs SQLAlchemy-built SELECTs on an asyncpg pool: compiled once per query shape, executed as a
+    prepared statement."""
 
     _CACHE_LIMIT = 500
 
@@ -141,15 +141,15 @@ class _PgReader:
                         reset=_keep_session)
         return self._pool
 
-    async def fetch(self, stmt: Any) -> list[Any]:
-        key = stmt._generate_cache_key()
-        compiled = self._compiled.get(key.key)
+    async def fetch(self, shape: Any, stmt: Any, values: dict[str, Any]) -> list[Any]:
+        """Run `stmt` (one cached per query shape) with `values` for its named parameters."""
+        compiled = self._compiled.get(shape)
         if compiled is None:
-            compiled = stmt.compile(dialect=self._dialect, cache_key=key)
+            compiled = stmt.compile(dialect=self._dialect)
             if len(self._compiled) >= self._CACHE_LIMIT:
                 self._compiled.clear()
-            self._compiled[key.key] = compiled
-        params = compiled.construct_params(extracted_parameters=key.bindparams)
+            self._compiled[shape] = compiled
+        params = compiled.construct_params(params=values)
         processors = compiled._bind_processors
         args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
         pool = await self._get_pool()
@@ -175,6 +175,7 @@ class SqlConnector:
         self._timeout = timeout_seconds
         self._tables: dict[str, Table] = {}
         self._columns: dict[str, list[ColumnInfo]] = {}
+        self._shapes: dict[Any, tuple[Any, list[tuple[Column[Any], bool]] | None]] = {}
         # PostgreSQL reads skip SQLAlchemy's execution layer (a third of the gateway's CPU per read):
         # statements are still built and compiled by SQLAlchemy, then run on an asyncpg pool.
         self._pg = _PgReader(engine, timeout_seconds, pool_size) if engine.dialect.name == "postgresql" else None
@@ -199,15 +200,15 @@ class SqlConnector:
 
     async def fetch(self, query: TableQuery) -> Page:
         t = await self._table(query.table)
-        stmt, keys = self._statement(t, query)
+        shape, stmt, keys, values = self._statement(t, query)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 if self._pg is not None:
-                    raw = await self._pg.fetch(stmt)
+                    raw = await self._pg.fetch(shape, stmt, values)
                 else:
                     async with self._engine.connect() as conn:
-                        result = await conn.execute(stmt)
+                        result = await conn.execute(stmt, values)
                         raw = list(result.fetchall())
         except TimeoutError:
             raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
@@ -244,7 +245,7 @@ class SqlConnector:
         """InvalidQuery when `f` cannot apply to `table` (an unknown column, a value of the wrong type):
         lets the catalog's literal filters fail when the policy loads rather than on a read."""
         t = await self._table(table)
-        _condition(_column(t, f.column), f, self.dialect)
+        _condition(_column(t, f.column), f, _Binds(self.dialect, build=False), "c")
 
     async def run_select(self, sql: str, limit: int, binds: Mapping[str, tuple[str, str, Any]] | None = None) -> Page:
         """Run an already-built, already-validated SELECT (SQL mode) within the statement timeout, reading at
@@ -330,11 +331,31 @@ class SqlConnector:
             self._tables[table] = reflected
             return reflected
 
-    def _statement(self, t: Table, q: TableQuery) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
+    def _statement(self, t: Table, q: TableQuery) -> tuple[Any, Any, list[tuple[Column[Any], bool]] | None,
+                                                          dict[str, Any]]:
+        """(shape, statement, page keys, parameter values). Every value is checked and bound on every call;
+        the statement itself is built once per query shape (what is asked, without the values) and reused:
+        building one costs more than the rest of the read's own Python work."""
+        dry = _Binds(self.dialect, build=False)
+        self._build(t, q, dry)
+        shape = (q.table, tuple(q.columns), tuple((f.column, f.op) for f in q.where), tuple(q.order_by),
+                 None if q.scope is None else tuple(tuple((f.column, f.op) for f in g) for g in q.scope),
+                 q.limit, tuple(dry.kinds))
+        hit = self._shapes.get(shape)
+        if hit is None:
+            built = _Binds(self.dialect, build=True)
+            hit = self._build(t, q, built)
+            if len(self._shapes) >= _SHAPES_LIMIT:
+                self._shapes.clear()
+            self._shapes[shape] = hit
+        return shape, hit[0], hit[1], dry.values
+
+    def _build(self, t: Table, q: TableQuery, b: _Binds) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
+        """The statement for `q`, its values bound through `b`; with a dry `b` only the values are taken."""
         cols = [_column(t, name) for name in q.columns]
-        conditions = [_condition(_column(t, f.column), f, self.dialect) for f in q.where]
+        conditions = [_condition(_column(t, f.column), f, b, f"w{i}") for i, f in enumerate(q.where)]
         if q.scope is not None:
-            conditions.append(self._scope(t, q.scope))
+            conditions.append(self._scope(t, q.scope, b))
         order: list[tuple[Column[Any], bool]] = [(_column(t, k.column), k.descending) for k in q.order_by]
         pk = list(t.primary_key.columns)
         keys: list[tuple[Column[Any], bool]] | None = list(order)
@@ -343,6 +364,22 @@ class SqlConnector:
             keys = order + [(c, False) for c in pk if c.name not in named]
         else:
             keys = None  # no unique key to page on: fall back to an offset position
+        offset: Any = None
+        if q.after is not None:
+            if keys is None:
+                position = q.after.get("o") if isinstance(q.after, dict) else None
+                if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+                    raise InvalidQuery("the cursor does not fit this query")
+                offset = b.offset(position)
+            else:
+                values = q.after.get("k") if isinstance(q.after, dict) else None
+                if not isinstance(values, list) or len(values) != len(keys):
+                    raise InvalidQuery("the cursor does not fit this query")
+                conditions.append(_after(keys, [_untag(v) for v in values], b))
+        else:
+            b.kinds.append(("after", "none"))
+        if not b.build:
+            return None, keys
         order_sql: list[Any] = []
         for col, desc in (keys if keys is not None else order):
             # One NULL order on every dialect: NULLs after values ascending, before them descending.
@@ -353,27 +390,55 @@ class SqlConnector:
         stmt = select(*cols, *[c.label(f"__k{i}") for i, (c, _) in enumerate(keys or [])])
         if conditions:
             stmt = stmt.where(and_(*conditions))
-        if q.after is not None:
-            if keys is None:
-                offset = q.after.get("o") if isinstance(q.after, dict) else None
-                if not isinstance(offset, int) or offset < 0:
-                    raise InvalidQuery("the cursor does not fit this query")
-                stmt = stmt.offset(offset)
-            else:
-                values = q.after.get("k") if isinstance(q.after, dict) else None
-                if not isinstance(values, list) or len(values) != len(keys):
-                    raise InvalidQuery("the cursor does not fit this query")
-                stmt = stmt.where(_after(keys, [_untag(v) for v in values], self.dialect))
+        if offset is not None:
+            stmt = stmt.offset(offset)
         if order_sql:
             stmt = stmt.order_by(*order_sql)
         return stmt.limit(q.limit + 1), keys
 
-
-    def _scope(self, t: Table, scope: Sequence[Sequence[Filter]]) -> ColumnElement[bool]:
+    def _scope(self, t: Table, scope: Sequence[Sequence[Filter]], b: _Binds) -> Any:
         """Row filters: any of the groups, each an AND of conditions (an empty group is every row)."""
-        groups = [and_(*[_condition(_column(t, f.column), f, self.dialect) for f in group]) if group else true()
-                  for group in scope]
-        return or_(*groups) if groups else false()
+        groups = [[_condition(_column(t, f.column), f, b, f"s{g}_{i}") for i, f in enumerate(group)]
+                  for g, group in enumerate(scope)]
+        if not b.build:
+            return None
+        return or_(*[and_(*terms) if terms else true() for terms in groups]) if groups else false()
+
+
+_SHAPES_LIMIT = 500
+
+
+class _Binds:
+    """A statement's bound parameters: each value under a name that says where it stands (w0 the first
+    `where` term, w2_1 the second value of the third, s0_1 a row filter's, a1 a cursor key's, o the offset),
+    so a statement built once per shape takes any request's values. With build False, only the values (and
+    the kinds of binding they need, part of the shape) are taken."""
+
+    def __init__(self, dialect: str, *, build: bool):
+        self.dialect = dialect
+        self.build = build
+        self.values: dict[str, Any] = {}
+        self.kinds: list[tuple[str, str]] = []
+
+    def bind(self, name: str, col: Column[Any], value: Any) -> Any:
+        """`value` as a bound parameter to compare `col` with (never a SQL constant such as TRUE)."""
+        self.values[name] = value
+        if isinstance(value, int) and not isinstance(value, bool):
+            # As BIGINT: PostgreSQL would bind it as the column's type and fail on an int4 column past 2**31.
+            self.kinds.append((name, "int"))
+            return bindparam(name, type_=BigInteger()) if self.build else None
+        if isinstance(value, Decimal) and self.dialect == "postgresql":
+            # PostgreSQL would take the parameter as the column's numeric(p, s): 10.011 rounded to 10.01, or
+            # overflowing.
+            self.kinds.append((name, "dec"))
+            return cast(bindparam(name, type_=Numeric()), Numeric()) if self.build else None
+        self.kinds.append((name, "col"))
+        return bindparam(name, type_=col.type) if self.build else None
+
+    def offset(self, position: int) -> Any:
+        self.values["o"] = position
+        self.kinds.append(("o", "offset"))
+        return bindparam("o", type_=BigInteger()) if self.build else None
 
 
 def _column(t: Table, name: str) -> Column[Any]:
@@ -383,52 +448,52 @@ def _column(t: Table, name: str) -> Column[Any]:
     return col
 
 
-def _after(keys: list[tuple[Column[Any], bool]], values: list[Any], dialect: str) -> ColumnElement[bool]:
+def _after(keys: list[tuple[Column[Any], bool]], values: list[Any], b: _Binds) -> Any:
     """Rows strictly after the position `values` in the order of `keys` (NULLs as ordered above)."""
     disjuncts: list[ColumnElement[bool]] = []
     equal: list[ColumnElement[bool]] = []
-    for (col, desc), value in zip(keys, values, strict=True):
+    for i, ((col, desc), value) in enumerate(zip(keys, values, strict=True)):
         if value is None:
+            b.kinds.append((f"a{i}", "null"))
+            if not b.build:
+                continue
             beyond: ColumnElement[bool] | None = col.is_not(None) if desc else None
             same: ColumnElement[bool] = col.is_(None)
         else:
+            param = b.bind(f"a{i}", col, value)
+            if not b.build:
+                continue
             if desc:
-                beyond = col < _bind(col, value, dialect)
+                beyond = col < param
             else:
-                after = col > _bind(col, value, dialect)
+                after = col > param
                 beyond = or_(after, col.is_(None)) if col.nullable else after
-            same = col == _bind(col, value, dialect)
+            same = col == param
         if beyond is not None:
             disjuncts.append(and_(*equal, beyond) if equal else beyond)
         equal.append(same)
+    if not b.build:
+        return None
     return or_(*disjuncts) if disjuncts else false()
 
 
-def _bind(col: Column[Any], value: Any, dialect: str) -> ColumnElement[Any]:
-    """A value as a bound parameter to compare `col` with (never a SQL constant such as TRUE)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        # As BIGINT: PostgreSQL would bind it as the column's type and fail on an int4 column past 2**31.
-        return literal(value, BigInteger())
-    if isinstance(value, Decimal) and dialect == "postgresql":
-        # PostgreSQL would take the parameter as the column's numeric(p, s): 10.011 rounded to 10.01, or overflowing.
-        return cast(literal(value, Numeric()), Numeric())
-    return literal(value, col.type)
-
-
-def _condition(col: Column[Any], f: Filter, dialect: str) -> ColumnElement[bool]:
+def _condition(col: Column[Any], f: Filter, b: _Binds, name: str) -> Any:
+    """One `where` term as a condition on `col`, its values checked, coerced and bound under `name`."""
     op = f.op
     if op == "is null":
-        return col.is_(None)
+        return col.is_(None) if b.build else None
     if op == "is not null":
-        return col.is_not(None)
+        return col.is_not(None) if b.build else None
     if op in LIST_OPERATORS:
         if not isinstance(f.value, list) or not 1 <= len(f.value) <= MAX_LIST_VALUES:
             raise InvalidQuery(f"{op!r} on {col.name!r} takes a list of 1 to {MAX_LIST_VALUES} values")
         if any(v is None for v in f.value):
             # `x NOT IN (.., NULL)` matches no row at all: ask with 'is null' / 'is not null' instead.
             raise InvalidQuery(f"{op!r} on {col.name!r} takes no null; use 'is null' or 'is not null'")
-        values = [_bind(col, _coerce(col, v), dialect) for v in f.value]
-        return col.in_(values) if op == "in" else col.not_in(values)
+        params = [b.bind(f"{name}_{i}", col, _coerce(col, v)) for i, v in enumerate(f.value)]
+        if not b.build:
+            return None
+        return col.in_(params) if op == "in" else col.not_in(params)
     if op == "like":
         if not isinstance(f.value, str) or "\x00" in f.value:
             raise InvalidQuery(f"'like' on {col.name!r} takes a string pattern")
@@ -437,16 +502,19 @@ def _condition(col: Column[Any], f: Filter, dialect: str) -> ColumnElement[bool]
         if (len(f.value) - len(f.value.rstrip("\\"))) % 2:
             raise InvalidQuery("a 'like' pattern cannot end with a lone escape character '\\'")
         # One escape character on every dialect (SQLite has none unless told).
-        return col.like(f.value, escape="\\")
+        pattern = b.bind(name, col, f.value)
+        return col.like(pattern, escape="\\") if b.build else None
+    if op not in _COMPARISONS:
+        raise InvalidQuery(f"unknown operator {op!r}")
     value = _coerce(col, f.value)
     if value is None:
         raise InvalidQuery(f"compare {col.name!r} with null using 'is null' or 'is not null'")
-    comparisons = {"=": col.__eq__, "!=": col.__ne__, "<": col.__lt__, "<=": col.__le__,
-                   ">": col.__gt__, ">=": col.__ge__}
-    try:
-        return comparisons[op](_bind(col, value, dialect))
-    except KeyError:
-        raise InvalidQuery(f"unknown operator {op!r}") from None
+    param = b.bind(name, col, value)
+    return _COMPARISONS[op](col, param) if b.build else None
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 def _is_bool(col: Column[Any]) -> bool:

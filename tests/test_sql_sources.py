@@ -612,3 +612,42 @@ def test_a_source_that_is_down_is_502(gw: Gateway, tmp_path: Path, caplog: pytes
             r = client.post("/v1/datasets/customers/query", headers=bearer("stranger"), json={})
             assert_error(r, 403, "forbidden")
         caplog.clear()
+
+
+NO_KEY = "CREATE TABLE IF NOT EXISTS no_key (n INTEGER NOT NULL, label VARCHAR(20))"
+
+
+def test_a_table_without_a_primary_key_pages_by_position(gw: Gateway, tmp_path: Path) -> None:
+    """No unique key to page on: the cursor carries a position (bound as a parameter, like every value)."""
+
+    async def make() -> None:
+        engine = create_async_engine(gw.url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(NO_KEY))
+                await conn.execute(text("DELETE FROM no_key"))
+                await conn.execute(text("INSERT INTO no_key (n, label) VALUES (:n, :label)"),
+                                   [{"n": i, "label": None if i % 4 == 0 else f"l{i % 3}"} for i in range(23)])
+        finally:
+            await engine.dispose()
+
+    asyncio.run(make())
+    datasets = 'max_rows = 25\n[datasets.no_key]\nsource = "main"\ntable = "no_key"\nowner = "o@example.com"\n'
+    config = write_workspace(tmp_path, source_url=gw.url, policy="p, support, no_key, read, allow\n"
+                             "g, support-bot, support\n", datasets=datasets.replace("max_rows = 25\n", ""))
+    with running(config) as client:
+        for body, expected in (({"order_by": ["n"], "limit": 5}, list(range(23))),
+                               ({"order_by": ["-n"], "where": [["n", ">", 3]], "limit": 4}, list(range(22, 3, -1))),
+                               ({"order_by": ["label", "n"], "limit": 6},
+                                sorted(range(23), key=lambda i: (i % 4 == 0, "" if i % 4 == 0 else f"l{i % 3}", i)))):
+            seen: list[int] = []
+            cursor = None
+            for _ in range(20):
+                got = client.post("/v1/datasets/no_key/query", headers=bearer(),
+                                  json={**body, "cursor": cursor} if cursor else body)
+                assert got.status_code == 200, got.text
+                seen += [r["n"] for r in got.json()["rows"]]
+                cursor = got.json()["next_cursor"]
+                if cursor is None:
+                    break
+            assert seen == expected, body
