@@ -9,7 +9,6 @@ A revocation taken through this replica applies here before it is answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,7 +84,8 @@ class Registry:
         self._tokens: dict[str, Revocation] = {}
         self._fingerprint: tuple[Any, ...] | None = None
         # Reads in flight, by agent name and by jti, so a revocation can stop them mid-way.
-        self._inflight: dict[str, set[asyncio.Future[Any]]] = {}
+        self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()  # of those, the ones a revocation has cancelled
         sync.subscribe(self.refresh)
 
     @property
@@ -114,8 +114,10 @@ class Registry:
         self._agents = {r.subject: r for r in items if r.kind == "agent"}
         self._tokens = {r.subject: r for r in items if r.kind == "token"}
         for r in items:
-            for fut in list(self._inflight.get(r.subject, ())):
-                fut.cancel()
+            for task in list(self._inflight.get(r.subject, ())):
+                if task not in self._stopped:
+                    self._stopped.add(task)
+                    task.cancel()
 
     async def revoke(self, kind: str, subject: str, reason: str | None, by: str) -> int:
         rid = await add(self._engine, kind, subject, reason, by)
@@ -131,30 +133,31 @@ class Registry:
         return lifted[0] if lifted else None
 
     async def guarded(self, agent: Agent, work: Awaitable[T]) -> T:
-        """Run a read so that revoking its agent or token while it runs stops it (403, no data)."""
-        fut = asyncio.ensure_future(work)
+        """Run a read so that revoking its agent or token while it runs stops it (403, no data). The read runs in
+        the request's own task (no task of its own to create and schedule on every read); a revocation cancels
+        that task, and the cancellation is taken back here and turned into the refusal."""
+        task = asyncio.current_task()
+        if task is None:
+            return await work
         keys = [agent.name] + ([agent.jti] if agent.jti else [])
         for key in keys:
-            self._inflight.setdefault(key, set()).add(fut)
+            self._inflight.setdefault(key, set()).add(task)
         try:
-            return await fut
+            return await work
         except asyncio.CancelledError:
-            if fut.cancelled() and not _current_cancelling():
-                self.check(agent)  # raises Forbidden for the revocation that stopped it
+            if task in self._stopped:
+                self._stopped.discard(task)
+                if task.uncancel() == 0:  # no one else (shutdown, a client gone) cancelled it too
+                    self.check(agent)  # raises Forbidden for the revocation that stopped it
+                    raise Forbidden("access was revoked while the read ran", reason="revoked mid-read") from None
             raise
         finally:
+            if task in self._stopped:  # cancelled for a revocation, but the read swallowed it: take it back
+                self._stopped.discard(task)
+                task.uncancel()
             for key in keys:
                 bucket = self._inflight.get(key)
                 if bucket is not None:
-                    bucket.discard(fut)
+                    bucket.discard(task)
                     if not bucket:
                         del self._inflight[key]
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(BaseException):
-                    await fut
-
-
-def _current_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
