@@ -13,7 +13,8 @@ import datetime as dt
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ import jwt
 import pytest
 from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Numeric, String, Table, Text, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.store import create_tables, make_store_engine
 
 SECRET = "test-secret-" + "x" * 40
 AUDIENCE = "agentgate-test"
@@ -269,3 +271,14 @@ def client_for(config: Path) -> TestClient:
 def client(workspace: Path) -> Iterator[TestClient]:
     with client_for(workspace) as c:
         yield c
+
+
+@asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[AsyncEngine]:
+    """A store engine with the gateway's tables made, disposed of afterwards."""
+    engine = make_store_engine(url)
+    await create_tables(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

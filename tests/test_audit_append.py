@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway import audit, integrity
 from gateway.errors import Unavailable
 from gateway.store import audit as audit_table
-from gateway.store import create_tables, make_store_engine
-from tests.conftest import bearer, client_for, write_workspace
+from gateway.store import make_store_engine
+from tests.conftest import bearer, client_for, opened_store, write_workspace
 
 pytestmark = pytest.mark.postgres
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -24,10 +24,8 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 @pytest.fixture
 async def store(pg_store: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_store_engine(pg_store)
-    await create_tables(engine)
-    yield engine
-    await engine.dispose()
+    async with opened_store(pg_store) as engine:
+        yield engine
 
 
 def record(i: int, who: str = "a") -> audit.AuditRecord:

@@ -20,7 +20,7 @@ from gateway.store import anchor as anchor_table
 from gateway.store import audit as audit_table
 from gateway.store import checkpoints as checkpoint_table
 from gateway.store import create_tables, make_store_engine
-from tests.conftest import write_workspace
+from tests.conftest import opened_store, write_workspace
 
 KEY = "checkpoint-key-" + "k" * 32
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -35,10 +35,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_store_engine(store_url)
-    await create_tables(engine)
-    yield engine
-    await engine.dispose()
+    async with opened_store(store_url) as engine:
+        yield engine
 
 
 async def fill(engine: AsyncEngine, n: int, day: int = 0) -> list[audit.AuditRecord]:
