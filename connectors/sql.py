@@ -229,8 +229,9 @@ class SqlConnector:
         if bools:
             rows = [{name: (bool(v) if i in bools and v is not None else _jsonable(v))
                      for i, (name, v) in enumerate(zip(query.columns, r, strict=False))} for r in raw]
-        else:
-            rows = [{name: _jsonable(v) for name, v in zip(query.columns, r, strict=False)} for r in raw]
+        else:  # most values are JSON-ready as they come: no call for those
+            rows = [{name: v if type(v) in _PLAIN else _jsonable(v) for name, v in zip(query.columns, r, strict=False)}
+                    for r in raw]
         after: Any = None
         if more and raw:
             last = raw[-1]
@@ -585,6 +586,9 @@ def _coerce(col: Column[Any], value: Any) -> Any:
     if isinstance(value, bool | int | float | str):
         return value
     raise bad
+
+
+_PLAIN = frozenset({type(None), bool, int, str})
 
 
 def _jsonable(value: Any) -> JSONValue:

@@ -192,8 +192,8 @@ class Gateway:
             source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
             response_sha256=None if streamed else hashlib.sha256(body).hexdigest(), rule=trace.rule,
             approved_by=trace.approved_by,
-            columns=json.dumps(trace.columns) if trace.columns is not None else None,
-            masked=json.dumps(trace.masked) if trace.masked is not None else None, transport=req.transport,
+            columns=orjson.dumps(trace.columns).decode() if trace.columns is not None else None,
+            masked=orjson.dumps(trace.masked).decode() if trace.masked is not None else None, transport=req.transport,
             row_filter=trace.row_filter)
         try:
             await self.audit.record(record)

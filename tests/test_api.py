@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import sqlite3
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from starlette.testclient import TestClient
 
 from gateway import audit
@@ -284,3 +287,21 @@ def test_records_and_review_on_a_postgres_store(pg_client: tuple[TestClient, str
     assert client.get("/admin/v1/audit/verify", headers=bearer("alice")).json()["ok"] is True
     export = client.get("/admin/v1/audit/export?format=jsonl&agent=analyst-bot", headers=bearer("alice"))
     assert [json.loads(line)["request_id"] for line in export.text.splitlines()] == [rec["request_id"]]
+
+
+def test_cursors_from_before_the_switch_to_aes_gcm_siv_still_page(client: TestClient, workspace: Path) -> None:
+    """Cursors were Fernet tokens before; one issued then (same key material, kept in the store) still works."""
+    body = {"columns": ["id"], "order_by": ["id"], "limit": 4}
+    first = client.post("/v1/datasets/customers/query", headers=bearer(), json=body).json()
+    cursor = first["next_cursor"]
+    assert cursor.startswith("v2.")
+    with sqlite3.connect(workspace.parent / "store.db") as db:
+        (secret,) = db.execute("SELECT value FROM agentgate_meta WHERE key = 'cursor_key'").fetchone()
+    digest = hashlib.sha256(("agentgate-cursor:" + secret).encode()).digest()
+    raw = base64.urlsafe_b64decode(cursor[3:])
+    plain = AESGCMSIV(hashlib.sha256(b"agentgate-cursor-siv:" + digest).digest()).decrypt(raw[:12], raw[12:], None)
+    old = Fernet(base64.urlsafe_b64encode(digest)).encrypt(plain).decode()
+    for given in (cursor, old):
+        page = client.post("/v1/datasets/customers/query", headers=bearer(), json={**body, "cursor": given})
+        assert page.status_code == 200, page.text
+        assert [r["id"] for r in page.json()["rows"]] == [5, 6, 7, 8]
