@@ -134,9 +134,17 @@ async def audit_record(gw: Gateway, req: ReadRequest, agent: Agent, policy: Poli
 async def audit_verify(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
                        trace: Trace) -> tuple[int, dict[str, Any] | None]:
     await require(policy, agent, "admin:audit", "read", trace)
-    report = await integrity.verify_all(gw.store, gw.checkpoint_key)
+    flag = req.params.get("incremental", "").lower()
+    if flag not in ("", "0", "1", "true", "false"):
+        raise BadRequest("'incremental' takes 1/true or 0/false")
+    incremental = flag in ("1", "true")
+    report = await integrity.verify_all(gw.store, gw.checkpoint_key, resume=gw.verified if incremental else None)
+    # Remember how far the chain holds, for the next incremental check (the review page's); forget on a break.
+    gw.verified = report.verified
+    full_at = report.verified.full_at if report.verified is not None else None
     return 200, {"ok": report.ok, "count": report.count, "checkpoints": report.checkpoints,
-                 "bad_id": report.bad_id, "problem": report.problem}
+                 "bad_id": report.bad_id, "problem": report.problem, "incremental": report.incremental,
+                 "full_check_at": audit.format_time(full_at) if full_at is not None else None}
 
 
 async def audit_activity(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,

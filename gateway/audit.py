@@ -462,9 +462,10 @@ async def list_records(engine: AsyncEngine, f: AuditFilter, limit: int = 100) ->
 
 
 async def iter_records(engine: AsyncEngine, f: AuditFilter | None = None,
-                       chunk: int = 1000) -> AsyncIterator[AuditRecord]:
-    """Oldest first, in chunks, so an export of millions of records stays in bounded memory."""
-    last = 0
+                       chunk: int = 1000, after: int = 0) -> AsyncIterator[AuditRecord]:
+    """Oldest first (ids above `after`), in chunks, so an export of millions of records stays in bounded
+    memory."""
+    last = after
     while True:
         stmt = select(audit_table).where(audit_table.c.id > last)
         if f is not None:
@@ -526,14 +527,18 @@ class Verification:
     count: int
     bad_id: int | None = None
     problem: str | None = None
+    last: tuple[int, str] | None = None  # id and hash of the last record found intact
 
 
-async def verify(engine: AsyncEngine, start: tuple[int, str] = (1, GENESIS)) -> Verification:
+async def verify(engine: AsyncEngine, start: tuple[int, str] = (1, GENESIS), *, resume: bool = False) -> Verification:
     """Walk the chain oldest first from `start` (first id, its prev_hash: the anchor after a prune);
-    name the first record that does not hold."""
+    name the first record that does not hold. A walk from the anchor reads every record, so one slipped in
+    before it is found too; with `resume`, only the records from `start` on are read (the ones before were
+    found intact by an earlier walk)."""
     expected_id, prev = start
     count = 0
-    async for rec in iter_records(engine):
+    last: tuple[int, str] | None = None
+    async for rec in iter_records(engine, after=expected_id - 1 if resume else 0):
         if rec.id != expected_id:
             return Verification(False, count, rec.id, f"record {expected_id} is missing before record {rec.id}")
         if rec.prev_hash != prev:
@@ -542,4 +547,5 @@ async def verify(engine: AsyncEngine, start: tuple[int, str] = (1, GENESIS)) -> 
         if chain_hash(rec) != rec.hash:
             return Verification(False, count, rec.id, "its content does not match its hash (the record was edited)")
         prev, expected_id, count = rec.hash, rec.id + 1, count + 1
-    return Verification(True, count)
+        last = (rec.id, rec.hash)
+    return Verification(True, count, last=last)

@@ -33,7 +33,7 @@ from connectors.base import (
 )
 from connectors.http import HttpAnswer, HttpConnector
 from connectors.sql import SqlConnector
-from gateway import admin, approvals, rowfilters, sqlmode
+from gateway import admin, approvals, integrity, rowfilters, sqlmode
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
 from gateway.budgets import Meter
@@ -140,6 +140,7 @@ class Gateway:
         self.http_sources = http_sources or {}
         self.cursors = cursors
         self.metrics = metrics
+        self.verified: integrity.Verified | None = None  # how far the audit chain was last found intact
 
     async def handle(self, req: ReadRequest) -> Answer:
         started = time.perf_counter()

@@ -144,17 +144,45 @@ class Report:
     checkpoints: int
     bad_id: int | None = None
     problem: str | None = None
+    # Where an incremental check may resume (set when ok), and whether this one was one.
+    verified: Verified | None = None
+    incremental: bool = False
 
 
-async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkpoint] | None = None) -> Report:
-    """The chain from its anchor, then every stored and external checkpoint against it."""
+@dataclass(frozen=True)
+class Verified:
+    """How far the chain was found intact, so the next check reads only what was added since (the review page
+    checks on every view; a full walk of millions of records takes minutes). Records before `through` are
+    not read again: an edit to one of those is found by the next full check (`audit verify`)."""
+
+    start: tuple[int, str]  # the anchor the walk began from
+    through: tuple[int, str] | None  # id and hash of the last record found intact (None: no records)
+    count: int
+    full_at: dt.datetime  # when the last walk from the anchor was made
+
+
+async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkpoint] | None = None,
+                     resume: Verified | None = None) -> Report:
+    """The chain from its anchor (or, with `resume`, from where an earlier check left it, if the anchor is
+    unchanged and its last record still holds), then every stored and external checkpoint against it."""
     anchor = await load_anchor(engine)
     if anchor is not None and key is not None and not anchor.valid(key):
         return Report(False, 0, 0, anchor.first_id, "the prune anchor's signature does not match (it was altered)")
     start = (anchor.first_id, anchor.prev_hash) if anchor else (1, audit.GENESIS)
-    chain = await audit.verify(engine, start)
+    incremental = False
+    if resume is not None and resume.start == start and resume.through is not None:
+        boundary = await audit.get_record(engine, resume.through[0])
+        incremental = boundary is not None and boundary.hash == resume.through[1]
+    if incremental and resume is not None and resume.through is not None:
+        tail = await audit.verify(engine, (resume.through[0] + 1, resume.through[1]), resume=True)
+        chain = audit.Verification(tail.ok, resume.count + tail.count, tail.bad_id, tail.problem,
+                                   tail.last or resume.through)
+        full_at = resume.full_at
+    else:
+        chain = await audit.verify(engine, start)
+        full_at = audit.now()
     if not chain.ok:
-        return Report(False, chain.count, 0, chain.bad_id, chain.problem)
+        return Report(False, chain.count, 0, chain.bad_id, chain.problem, incremental=incremental)
     checked = 0
     for cp in [*(await stored_checkpoints(engine)), *(external or [])]:
         if key is not None and not cp.valid(key):
@@ -171,7 +199,8 @@ async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkp
             return Report(False, chain.count, checked, cp.record_id,
                           f"record {cp.record_id} no longer has the hash its checkpoint at {cp.time} signed")
         checked += 1
-    return Report(True, chain.count, checked)
+    return Report(True, chain.count, checked, verified=Verified(start, chain.last, chain.count, full_at),
+                  incremental=incremental)
 
 
 class Checkpointer:

@@ -194,3 +194,32 @@ def test_cli_checkpoint_prune_and_verify(tmp_path: Path, sqlite_source: str) -> 
     bad = agentgate("audit", "verify", "--checkpoint", token)
     assert bad.returncode == 1 and "FAIL record 8" in bad.stdout and "cut" in bad.stdout
     assert agentgate("audit", "verify", "--checkpoint", "nonsense").returncode == 2
+
+
+async def test_a_resumed_check_reads_only_what_was_added(store: AsyncEngine) -> None:
+    await fill(store, 5)
+    full = await integrity.verify_all(store, KEY)
+    assert full.ok and not full.incremental and full.verified is not None and full.verified.count == 5
+    await fill(store, 3, day=1)
+    more = await integrity.verify_all(store, KEY, resume=full.verified)
+    assert more.ok and more.incremental and more.count == 8
+    assert more.verified is not None and more.verified.full_at == full.verified.full_at
+    # A record added since and then edited is found by the resumed check.
+    await fill(store, 2, day=2)
+    await run(store, update(audit_table).where(audit_table.c.id == 10).values(rows=999))
+    broken = await integrity.verify_all(store, KEY, resume=more.verified)
+    assert not broken.ok and broken.incremental and broken.bad_id == 10 and broken.verified is None
+    await run(store, update(audit_table).where(audit_table.c.id == 10).values(rows=1))
+    # The last record the earlier check passed, changed (hash and all): the check walks from the anchor again.
+    await run(store, update(audit_table).where(audit_table.c.id == 8).values(hash="0" * 64))
+    again = await integrity.verify_all(store, KEY, resume=more.verified)
+    assert not again.ok and not again.incremental and again.bad_id == 8
+
+
+async def test_a_prune_since_makes_the_next_check_a_full_one(store: AsyncEngine) -> None:
+    await fill(store, 4)
+    await fill(store, 4, day=3)
+    first = await integrity.verify_all(store, KEY)
+    await integrity.prune(store, START + dt.timedelta(days=1), KEY)
+    after = await integrity.verify_all(store, KEY, resume=first.verified)
+    assert after.ok and not after.incremental and after.count == 4

@@ -233,6 +233,23 @@ def test_a_broken_chain_is_shown_in_red_with_the_first_bad_record(client: TestCl
     assert "2 records verified before it" in html
 
 
+def test_views_check_what_was_added_and_a_full_check_walks_every_record(client: TestClient, config: Path) -> None:
+    sign_in(client)
+    first = client.get("/admin/").text
+    assert "every record checked just now" in first and 'id="full-check"' in first
+    client.post("/v1/datasets/customers/query", headers=bearer("support-bot"), json={"limit": 1})
+    second = client.get("/admin/").text
+    assert 'class="status ok"' in second and "records added since the full check of" in second
+    # An edit to a record an earlier check already passed is left to the full check...
+    with contextlib.closing(sqlite3.connect(config.parent / "store.db")) as db, db:
+        db.execute("UPDATE audit SET reason = 'nothing to see' WHERE id = 3")
+    assert 'class="status ok"' in client.get("/admin/").text
+    # ...which finds it, and from then on every view walks the whole trail again until it holds.
+    full = client.get("/admin/?full_check=1").text
+    assert re.search(r'chain broken at record <a href="/admin/records/3">3</a>', full)
+    assert 'class="status broken"' in client.get("/admin/").text
+
+
 def test_the_chart_keeps_the_busiest_agents_and_counts_the_refused() -> None:
     series = {f"bot-{i}": [i, 0, 1] for i in range(10)}
     c = chart.build({"since": "2026-01-31T00:00:00.000000Z", "until": "2026-01-31T03:00:00.000000Z",

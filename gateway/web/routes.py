@@ -190,7 +190,9 @@ async def dashboard(request: Request, token: str) -> Response:
     trail = await _ask(request, token, "read_audit", params)
     window: dict[str, str] = {k: filters[k] for k in ("since", "until") if k in filters}
     activity = await _ask(request, token, "audit_activity", window)
-    verify = await _ask(request, token, "audit_verify", {})
+    # Each view checks only what was added since the last check; a full walk of the trail on demand.
+    full = query.get("full_check") == "1"
+    verify = await _ask(request, token, "audit_verify", {} if full else {"incremental": "1"})
     next_cursor = trail.get("next_cursor")
     return _render(
         request, "dashboard.html",
