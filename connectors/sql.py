@@ -194,7 +194,7 @@ class SqlConnector:
         hit = self._columns.get(table)
         if hit is None:
             t = await self._table(table)
-            hit = self._columns[table] = [ColumnInfo(c.name, _type_name(c), bool(c.nullable), bool(c.primary_key))
+            hit = self._columns[table] = [ColumnInfo(str(c.name), _type_name(c), bool(c.nullable), bool(c.primary_key))
                                           for c in t.columns]
         return hit
 
