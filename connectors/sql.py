@@ -176,6 +176,7 @@ class SqlConnector:
         self._tables: dict[str, Table] = {}
         self._columns: dict[str, list[ColumnInfo]] = {}
         self._shapes: dict[Any, tuple[Any, list[tuple[Column[Any], bool]] | None]] = {}
+        self._bools: dict[tuple[str, tuple[str, ...]], frozenset[int]] = {}  # MariaDB TINYINT(1) columns asked
         # PostgreSQL reads skip SQLAlchemy's execution layer (a third of the gateway's CPU per read):
         # statements are still built and compiled by SQLAlchemy, then run on an asyncpg pool.
         self._pg = _PgReader(engine, timeout_seconds, pool_size) if engine.dialect.name == "postgresql" else None
@@ -225,7 +226,12 @@ class SqlConnector:
         more = len(raw) > query.limit
         raw = raw[: query.limit]
         n = len(query.columns)
-        bools = {i for i, name in enumerate(query.columns) if _is_bool(t.columns[name])}
+        bools = self._bools.get((query.table, tuple(query.columns)))
+        if bools is None:
+            bools = self._bools[(query.table, tuple(query.columns))] = frozenset(
+                i for i, name in enumerate(query.columns) if _is_bool(t.columns[name]))
+            if len(self._bools) > _SHAPES_LIMIT:
+                self._bools.clear()
         if bools:
             rows = [{name: (bool(v) if i in bools and v is not None else _jsonable(v))
                      for i, (name, v) in enumerate(zip(query.columns, r, strict=False))} for r in raw]
