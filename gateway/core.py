@@ -204,8 +204,7 @@ class Gateway:
             payload = error_body(exc.code, exc.message, req.request_id)
             body, headers = _render(payload), {}
             streamed, raw = False, None
-        self.metrics.requests.labels(decision, trace.dataset or "").inc()
-        self.metrics.latency.labels(req.operation).observe(time.perf_counter() - started)
+        self.metrics.answered(req.operation, decision, trace.dataset or "", time.perf_counter() - started)
         if streamed:
             return Answer(status=status, body=b"", payload=None, headers=headers, stream=trace.stream,
                           media_type=trace.media_type)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -24,6 +26,19 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.audit_failures = Counter("agentgate_audit_write_failures", "Audit groups that could not be written",
                                       registry=self.registry)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def answered(self, operation: str, decision: str, dataset: str, seconds: float) -> None:
+        """One request done. The labelled children are kept: labels() costs more than the increment itself."""
+        key = (operation, decision, dataset)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10_000:  # datasets are bounded by the catalog; stay bounded regardless
+                self._children.clear()
+            children = self._children[key] = (self.requests.labels(decision, dataset),
+                                              self.latency.labels(operation))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_audit(self, seconds: float, records: int) -> None:
         self.audit_write.observe(seconds)
