@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import math
 import operator
@@ -18,7 +19,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,7 @@ class SqlConnector:
         t = await self._table(query.table)
         shape, stmt, keys, values = self._statement(t, query)
         started = time.perf_counter()
-        try:
+        with self._reading(agent_sql=False):
             async with asyncio.timeout(self._timeout):
                 if self._pg is not None:
                     raw = await self._pg.fetch(shape, stmt, values)
@@ -211,17 +212,6 @@ class SqlConnector:
                     async with self._engine.connect() as conn:
                         result = await conn.execute(stmt, values)
                         raw = list(result.fetchall())
-        except TimeoutError:
-            raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
-        except DBAPIError as exc:
-            text = str(exc.orig).lower()
-            if any(marker in text for marker in _TIMEOUT_MARKERS):
-                raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
-            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
-        except asyncpg.QueryCanceledError as exc:
-            raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
-        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
         source_ms = (time.perf_counter() - started) * 1000
         more = len(raw) > query.limit
         raw = raw[: query.limit]
@@ -261,7 +251,7 @@ class SqlConnector:
         (table, column, value) they stand for: each becomes a parameter bound as that column's type."""
         statement = await self._bound(sql, binds) if binds else None
         started = time.perf_counter()
-        try:
+        with self._reading(agent_sql=True):
             async with asyncio.timeout(self._timeout):
                 async with self._engine.connect() as conn:
                     if statement is not None:
@@ -271,17 +261,6 @@ class SqlConnector:
                         result = await conn.exec_driver_sql(sql)
                     columns = list(result.keys())
                     raw = list(result.fetchmany(limit))
-        except TimeoutError:
-            raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from None
-        except DBAPIError as exc:
-            text = str(exc.orig).lower()
-            if any(marker in text for marker in _TIMEOUT_MARKERS):
-                raise SourceTimedOut(f"source {self.name!r} did not answer within {self._timeout:g}s") from exc
-            if exc.connection_invalidated:
-                raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
-            raise InvalidQuery(f"the source refused the statement: {_short(exc)}") from exc
-        except (SQLAlchemyError, OSError) as exc:
-            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
         source_ms = (time.perf_counter() - started) * 1000
         names: list[str] = []
         for name in columns:  # one key per column, even where a join repeats a name
@@ -292,6 +271,27 @@ class SqlConnector:
             names.append(unique)
         rows = [{name: _jsonable(v) for name, v in zip(names, r, strict=False)} for r in raw]
         return Page(columns=names, rows=rows, after=None, source_ms=source_ms)
+
+    @contextlib.contextmanager
+    def _reading(self, *, agent_sql: bool) -> Iterator[None]:
+        """What the driver raises while a read runs, as the connector's errors: out of time (ours or the
+        server's) SourceTimedOut; the server refusing an agent's own SQL (SQL mode) InvalidQuery; anything
+        else SourceUnavailable."""
+        late = f"source {self.name!r} did not answer within {self._timeout:g}s"
+        try:
+            yield
+        except TimeoutError:
+            raise SourceTimedOut(late) from None
+        except asyncpg.QueryCanceledError as exc:
+            raise SourceTimedOut(late) from exc
+        except DBAPIError as exc:
+            if any(marker in str(exc.orig).lower() for marker in _TIMEOUT_MARKERS):
+                raise SourceTimedOut(late) from exc
+            if agent_sql and not exc.connection_invalidated:
+                raise InvalidQuery(f"the source refused the statement: {_short(exc)}") from exc
+            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
 
     async def _bound(self, sql: str, binds: Mapping[str, tuple[str, str, Any]]) -> TextClause:
         """`sql` as a text() statement whose markers are bound parameters. Every other colon is escaped, so
