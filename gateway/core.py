@@ -416,7 +416,7 @@ class Gateway:
     @staticmethod
     def _rows_for(policy: Policy, agent: Agent, ds: Dataset) -> bool:
         """Whether some rows of `ds` are the agent's to see: no row filters, or one keyed by it or its roles."""
-        return rowfilters.applies(ds.row_filters, agent.name, policy.roles_of(agent.name))
+        return not ds.row_filters or rowfilters.applies(ds.row_filters, agent.name, policy.roles_of(agent.name))
 
     @staticmethod
     def _scope(policy: Policy, agent: Agent, ds: Dataset) -> tuple[Sequence[Sequence[Filter]] | None, str | None]:

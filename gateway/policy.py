@@ -72,14 +72,16 @@ class Policy:
     indexed: bool
     budgets: Budgets = NO_BUDGETS
     _roles: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _parents: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def roles_of(self, agent: str) -> frozenset[str]:
         """Every role the agent holds through `g` lines, transitively (for row filters), cached per snapshot."""
         hit = self._roles.get(agent)
         if hit is None:
-            parents: dict[str, list[str]] = {}
-            for member, role in self.groupings:
-                parents.setdefault(member, []).append(role)
+            parents = self._parents
+            if not parents and self.groupings:  # once per snapshot
+                for member, role in self.groupings:
+                    parents.setdefault(member, []).append(role)
             seen: set[str] = set()
             frontier = [agent]
             while frontier:

@@ -35,6 +35,8 @@ p, analyst, customers, read:internal, allow
 g, audit-bot, auditor
 g, other-bot, other
 g, lone-bot, other
+g, lead-bot, support-lead
+g, support-lead, support
 """
 
 
@@ -87,6 +89,13 @@ def test_the_filter_is_anded_with_the_agents_own_where_and_holds_across_pages(gw
             break
         body["cursor"] = got.json()["next_cursor"]
     assert seen == [r["id"] for r in ROWS if r["country"] == "FR" and r["id"] < 30]
+
+
+def test_a_role_held_through_another_role_brings_its_filter(gw: TestClient) -> None:
+    got = read(gw, "lead-bot", {"columns": ["id", "country"]}, region="GB")
+    assert got.status_code == 200, got.text
+    assert {r["country"] for r in got.json()["rows"]} == {"GB"}
+    assert last_record(gw, "lead-bot")["row_filter"] == '[support] country = "GB"'
 
 
 def test_a_list_claim_and_literal_terms_and_a_filter_on_a_column_the_agent_sees_masked(gw: TestClient) -> None:
