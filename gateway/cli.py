@@ -47,6 +47,16 @@ def _int_in(low: int, high: int) -> Any:
     return parse
 
 
+def _since(value: str) -> Any:
+    """An argparse type: an ISO 8601 time, or 7d / 24h / 30m / 90s before now (else exit 2, one line)."""
+    from gateway.usage import parse_since  # imported when used: the CLI starts without SQLAlchemy's cost
+
+    try:
+        return parse_since(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("takes an ISO 8601 time or 7d / 24h / 30m") from None
+
+
 def _name(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -71,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--replay", action="store_true",
                    help="replay the audit trail's reads against the policy in --policy-dir; list changed decisions")
     c.add_argument("--policy-dir", help="with --replay: the proposed policy directory")
-    c.add_argument("--since", help="with --replay: ISO 8601 time, or 7d / 24h / 30m before now")
+    c.add_argument("--since", type=_since, help="with --replay: ISO 8601 time, or 7d / 24h / 30m before now")
 
     t = sub.add_parser("token", parents=[common], help="tokens for development and demos").add_subparsers(
         dest="token_command", required=True, parser_class=_Parser)
@@ -127,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("usage", parents=[common], help="requests, rows, bytes and source time per unit")
     u.add_argument("--by", required=True, choices=["agent", "dataset", "work-unit"])
-    u.add_argument("--since", help="ISO 8601 time, or 7d / 24h / 30m before now")
+    u.add_argument("--since", type=_since, help="ISO 8601 time, or 7d / 24h / 30m before now")
     u.add_argument("--json", action="store_true")
     return p
 
@@ -301,16 +311,12 @@ async def _check(settings: Settings) -> int:
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway import replay, usage
+    from gateway import replay
     from gateway.audit import format_time
     from gateway.policy import failing_cases, load_policy
     from gateway.store import create_tables, make_store_engine
 
-    try:
-        since = usage.parse_since(args.since) if args.since else None
-    except ValueError:
-        print("agentgate: --since takes an ISO 8601 time or 7d / 24h / 30m", file=sys.stderr)
-        return EXIT_USAGE
+    since = args.since
     proposed_dir = await asyncio.to_thread(Path(args.policy_dir).resolve)
     try:
         proposed = await asyncio.to_thread(load_policy, proposed_dir, settings.sources)
@@ -345,11 +351,7 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
     from gateway import usage
     from gateway.store import create_tables, make_store_engine
 
-    try:
-        since = usage.parse_since(args.since) if args.since else None
-    except ValueError:
-        print("agentgate: --since takes an ISO 8601 time or 7d / 24h / 30m", file=sys.stderr)
-        return EXIT_USAGE
+    since = args.since
     engine = make_store_engine(settings.store.url)
     try:
         await create_tables(engine)

@@ -9,15 +9,17 @@ developer's machine the tests that need it are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import secrets
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import jwt
 import pytest
@@ -282,3 +284,64 @@ async def opened_store(url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+def records(config: Path) -> list[dict[str, Any]]:
+    """Every audit record of a workspace's SQLite store (store.db beside its agentgate.toml), oldest first."""
+    conn = sqlite3.connect(config.parent / "store.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]
+    finally:
+        conn.close()
+
+
+G = TypeVar("G", covariant=True)
+
+
+class _MakeGateway(Protocol[G]):
+    def __call__(self, dialect: str, url: str, client: TestClient, config: Path) -> G: ...
+
+
+class PerDialect(Generic[G]):
+    """One gateway per source dialect for a test module, started on first use (a missing server skips the
+    test, or fails it under CI) and closed with the module."""
+
+    def __init__(self, factory: pytest.TempPathFactory, workspace: Callable[[Path, str], Path],
+                 gateway: _MakeGateway[G]):
+        self._factory, self._workspace, self._gateway = factory, workspace, gateway
+        self._stack = contextlib.ExitStack()
+        self._open: dict[str, G] = {}
+
+    def get(self, dialect: str, request: pytest.FixtureRequest) -> G:
+        if dialect not in self._open:
+            url = request.getfixturevalue(dialect)
+            config = self._workspace(self._factory.mktemp(f"gw-{dialect}"), url)
+            client = self._stack.enter_context(client_for(config))
+            self._open[dialect] = self._gateway(dialect, url, client, config)
+        return self._open[dialect]
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+DIALECTS = ("sqlite_source", "pg_source", "mariadb_source")
+
+
+def dialect_fixtures(workspace: Callable[[Path, str], Path], gateway: _MakeGateway[G]) -> tuple[Any, Any]:
+    """A test module's `gateways` (the module's PerDialect pool) and `gw` (one gateway per dialect, the test run
+    on each) fixtures: `gateways, gw = dialect_fixtures(...)` at module level."""
+
+    @pytest.fixture(scope="module")
+    def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerDialect[G]]:
+        pool = PerDialect(tmp_path_factory, workspace, gateway)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+    @pytest.fixture(params=DIALECTS)
+    def gw(request: pytest.FixtureRequest, gateways: PerDialect[G]) -> G:
+        return gateways.get(request.param, request)
+
+    return gateways, gw

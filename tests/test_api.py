@@ -20,18 +20,9 @@ from starlette.testclient import TestClient
 
 from gateway import audit
 from gateway.store import make_store_engine
-from tests.conftest import AUDIENCE, DATASETS, bearer, client_for, token, write_workspace
+from tests.conftest import AUDIENCE, DATASETS, bearer, client_for, records, token, write_workspace
 
 FORBIDDEN_MSG = "not allowed: the dataset does not exist or this agent may not read it"
-
-
-def records(workspace: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(workspace.parent / "store.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]
-    finally:
-        conn.close()
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

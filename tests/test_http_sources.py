@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from starlette.testclient import TestClient
 
 from connectors.base import InvalidQuery
 from connectors.http import HttpConnector, confine
-from tests.conftest import POLICY, bearer, client_for, token, write_workspace
+from tests.conftest import POLICY, bearer, client_for, records, token, write_workspace
 
 UPSTREAM_SECRET = "Bearer upstream-secret-token"
 BIG = 10 * 1024 * 1024 + 1
@@ -123,15 +122,6 @@ headers = {{ Authorization = "{UPSTREAM_SECRET}", X-Api-Key = "k-123" }}
 def client(http_workspace: Path) -> Iterator[TestClient]:
     with client_for(http_workspace) as c:
         yield c
-
-
-def records(workspace: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(workspace.parent / "store.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]
-    finally:
-        conn.close()
 
 
 def assert_recorded(workspace: Path, response: httpx.Response, count: int) -> dict[str, Any]:

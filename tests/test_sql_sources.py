@@ -23,9 +23,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
-from tests.conftest import N_CUSTOMERS, bearer, client_for, customer_rows, write_workspace
+from tests.conftest import (
+    DIALECTS,
+    N_CUSTOMERS,
+    PerDialect,
+    bearer,
+    client_for,
+    customer_rows,
+    dialect_fixtures,
+    write_workspace,
+)
 
-DIALECTS = ("sqlite_source", "pg_source", "mariadb_source")
 MAX_ROWS = 25  # the customers dataset's max_rows in conftest.DATASETS
 ROWS = customer_rows()
 ALL_IDS = [r["id"] for r in ROWS]
@@ -37,8 +45,8 @@ Row = dict[str, Any]
 class Gateway:
     """One running gateway (TestClient) over one source."""
 
-    def __init__(self, dialect: str, url: str, client: TestClient):
-        self.dialect, self.url, self.client = dialect, url, client
+    def __init__(self, dialect: str, url: str, client: TestClient, config: Path):
+        self.dialect, self.url, self.client, self.config = dialect, url, client, config
 
     def post(self, body: Any, agent: str = "support-bot", dataset: str = "customers") -> Any:
         return self.client.post(f"/v1/datasets/{dataset}/query", headers=bearer(agent), json=body)
@@ -99,37 +107,11 @@ def running(config: Path) -> Iterator[TestClient]:
         yield client
 
 
-class Gateways:
-    """One gateway per dialect for the module, started on first use."""
-
-    def __init__(self, factory: pytest.TempPathFactory):
-        self._factory = factory
-        self._stack = contextlib.ExitStack()
-        self._open: dict[str, Gateway] = {}
-
-    def get(self, dialect: str, request: pytest.FixtureRequest) -> Gateway:
-        if dialect not in self._open:
-            url = request.getfixturevalue(dialect)  # skips (or fails under CI) if the server is missing
-            config = write_workspace(self._factory.mktemp(dialect), source_url=url)
-            self._open[dialect] = Gateway(dialect, url, self._stack.enter_context(running(config)))
-        return self._open[dialect]
-
-    def close(self) -> None:
-        self._stack.close()
+Gateways = PerDialect[Gateway]
 
 
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    gws = Gateways(tmp_path_factory)
-    try:
-        yield gws
-    finally:
-        gws.close()
-
-
-@pytest.fixture(params=DIALECTS)
-def gw(request: pytest.FixtureRequest, gateways: Gateways) -> Gateway:
-    return gateways.get(request.param, request)
+gateways, gw = dialect_fixtures(
+    lambda root, url: write_workspace(root, source_url=url), Gateway)
 
 
 def expect(pred: Callable[[Row], bool], key: Callable[[Row], Any] = lambda r: r["id"]) -> list[int]:
