@@ -151,6 +151,31 @@ async def test_a_lost_connection_recovers(store: AsyncEngine) -> None:
     assert again.id == 2 and (await audit.verify(store)).ok
 
 
+async def test_a_caller_cancelled_while_writing_its_own_record_leaves_the_trail_writing(store: AsyncEngine) -> None:
+    """With nothing else pending, a caller writes its own record (no hand-off to the writer task). Cancelled
+    mid-write (a shutdown, say), it must not leave the connection busy or the others waiting: whatever queued
+    behind it is written, by the writer task, onto one valid chain."""
+    trail = audit.AuditTrail(store)
+    await trail.start()
+    try:
+        await trail.record(record(0))
+        own = asyncio.create_task(trail.record(record(1)))
+        await asyncio.sleep(0)  # it has sent its statement and waits for the store
+        assert trail._writing and trail._backlog == 0
+        queued = [asyncio.create_task(trail.record(record(i))) for i in range(2, 12)]
+        await asyncio.sleep(0)
+        own.cancel()
+        got = await asyncio.gather(*queued)
+        with pytest.raises(asyncio.CancelledError):
+            await own
+        after = await trail.record(record(12))
+    finally:
+        await trail.close()
+    assert len({r.id for r in got}) == 10 and after.id == max(r.id for r in got) + 1
+    result = await audit.verify(store)
+    assert result.ok and result.count in (12, 13)  # the cancelled record may have been committed, or not
+
+
 async def test_a_record_the_store_refuses_fails_alone(store: AsyncEngine) -> None:
     """A record the store refuses (here a request id over its column's 64 characters) must not fail the whole
     group commit, answering 503 to every request that shared it."""
