@@ -154,7 +154,9 @@ class _PgReader:
         processors = compiled._bind_processors
         args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
         pool = await self._get_pool()
-        async with pool.acquire(timeout=self._timeout) as conn:
+        # No timeout of the pool's own: the caller's bounds the wait for a connection and the read together
+        # (asyncpg would run the wait in a task of its own, created and scheduled on every read).
+        async with pool.acquire() as conn:
             return list(await conn.fetch(compiled.string, *args))
 
     async def close(self) -> None:

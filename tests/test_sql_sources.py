@@ -9,9 +9,11 @@ dialect serves the whole module; the few tests that need another configuration
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -573,6 +575,27 @@ def test_a_statement_over_the_timeout_is_504(gw: Gateway, tmp_path: Path) -> Non
         assert r.status_code == 200 and r.json()["rows"] == [{"id": 1}], r.text
     # and the table is intact for the other tests
     assert gw.ids([["id", ">", 0]], "analyst-bot") == ALL_IDS
+
+
+def test_waiting_for_a_pooled_connection_is_bounded_by_the_timeout(gw: Gateway, tmp_path: Path) -> None:
+    """With the source's one pooled connection stuck behind a lock, the reads queued for it are refused in the
+    source's timeout (504), not left waiting for the connection for as long as it stays stuck."""
+    if gw.dialect == "sqlite_source":
+        pytest.skip("SQLite has no server-side lock or statement timeout to provoke from another connection")
+    config = _workspace(tmp_path, gw.url, 1)
+    config.write_text(config.read_text().replace("timeout_seconds = 1\n", "timeout_seconds = 1\npool_size = 1\n"))
+    with running(config) as client:
+        body = {"columns": ["id"], "where": [["id", "=", 1]]}
+        assert client.post("/v1/datasets/customers/query", headers=bearer(), json=body).status_code == 200
+        with table_locked(gw.url), concurrent.futures.ThreadPoolExecutor(3) as pool:
+            started = time.monotonic()
+            answers = list(pool.map(lambda _: client.post("/v1/datasets/customers/query", headers=bearer(),
+                                                          json=body), range(3)))
+            waited = time.monotonic() - started
+        for r in answers:
+            assert_error(r, 504, "source_timeout")
+        assert waited < 2.5, f"the queued reads waited {waited:.1f} s"
+        assert client.post("/v1/datasets/customers/query", headers=bearer(), json=body).status_code == 200
 
 
 def _down_urls(dialect: str, url: str, tmp_path: Path) -> list[str]:
