@@ -14,7 +14,10 @@ bounded time after a short warm-up:
            record committed to the PostgreSQL store before the answer
 
 at concurrency 1 (p50/p99 latency) and at concurrency 32 (requests/s, with
-p50/p99 under load), with 1 uvicorn worker and then with `--workers 2`. The
+p50/p99 under load), with 1 uvicorn worker and then with `--workers 2`.
+Direct and gateway take turns (3 rounds of each, a third of the phase's
+time each), so that a slow spell of this shared machine lands on both sides
+of the comparison, not on one; the rounds are pooled into one phase. The
 HTTP client is a minimal HTTP/1.1 keep-alive client on asyncio streams (one
 connection per concurrent caller); the same phases through httpx.AsyncClient
 show how much of a Python client's own cost would land in the figures. CPU
@@ -276,7 +279,15 @@ class Phase:
     first_error: str | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     sessions: dict[str, int] = field(default_factory=dict)  # new PostgreSQL sessions per database
-    audit: tuple[float, float] | None = None  # (records per group commit, ms per group commit)
+    audit_groups: tuple[float, float, float] | None = None  # group commits, their records, their seconds
+
+    @property
+    def audit(self) -> tuple[float, float] | None:
+        """(records per group commit, ms per group commit), from the single worker's /metrics."""
+        if self.audit_groups is None or not self.audit_groups[0]:
+            return None
+        groups, records, secs = self.audit_groups
+        return records / groups, secs / groups * 1000
 
     @property
     def rps(self) -> float:
@@ -392,12 +403,29 @@ async def raw_phase(server: Server, label: str, concurrency: int, seconds: float
         await drive(phase, [c.call for c in clients], warmup, server.pids(), server.dbs)
         after = await audit_metrics(server)
         if before and after and after["count"] > before["count"]:
-            groups = after["count"] - before["count"]
-            phase.audit = ((after["records"] - before["records"]) / groups,
-                           (after["seconds"] - before["seconds"]) / groups * 1000)
+            phase.audit_groups = (after["count"] - before["count"], after["records"] - before["records"],
+                                  after["seconds"] - before["seconds"])
         return phase
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+def merged(name: str, parts: list[Phase]) -> Phase:
+    """One phase out of the rounds it was measured in: latencies pooled, counts summed, CPU averaged."""
+    out = Phase(name, parts[0].concurrency, sum(p.seconds for p in parts))
+    for p in parts:
+        out.latencies += p.latencies
+        out.done, out.bad, out.checked = out.done + p.done, out.bad + p.bad, out.checked + p.checked
+        out.first_error = out.first_error or p.first_error
+        for db, n in p.sessions.items():
+            out.sessions[db] = out.sessions.get(db, 0) + n
+        if p.audit_groups is not None:
+            total = out.audit_groups or (0.0, 0.0, 0.0)
+            out.audit_groups = (total[0] + p.audit_groups[0], total[1] + p.audit_groups[1],
+                                total[2] + p.audit_groups[2])
+    keys = set.intersection(*(set(p.cpu) for p in parts))
+    out.cpu = {k: sum(p.cpu[k] * p.seconds for p in parts) / out.seconds for k in keys}
+    return out
 
 
 async def audit_metrics(server: Server) -> dict[str, float] | None:
@@ -527,17 +555,27 @@ async def run(args: argparse.Namespace) -> int:
         print(f"databases {source_db} (source, {N_ROWS:,} rows) and {store_db} (store) created; "
               f"{seconds:g} s per phase after {warmup:g} s warm-up", flush=True)
 
-        d1 = await direct_phase(source_db, 1, seconds, warmup)
-        d32 = await direct_phase(source_db, conc, seconds, warmup)
-        phases += [d1, d32]
-        print(f"  {d1.name}: p50 {d1.p50:.3f} ms; {d32.name}: {d32.rps:,.0f} req/s", flush=True)
+        rounds = args.rounds
+        part = seconds / rounds
         for workers in args.workers:
             label = f"gateway, {workers} worker{'s' if workers > 1 else ''}"
             server = Server(cfg, workers, (source_db, store_db))
             await server.ready()
-            g1 = await raw_phase(server, label, 1, seconds, warmup)
-            g32 = await raw_phase(server, label, conc, seconds, warmup)
-            phases += [g1, g32]
+            # Direct and gateway take turns, `rounds` times each, so that a slow spell of this shared machine
+            # falls on both sides of the comparison rather than on one phase.
+            measured: dict[str, list[Phase]] = {"d1": [], "g1": [], "d32": [], "g32": []}
+            for c, d_key, g_key in ((1, "d1", "g1"), (conc, "d32", "g32")):
+                for r in range(rounds):
+                    warm = warmup if r == 0 else min(warmup, 0.3)
+                    measured[d_key].append(await direct_phase(source_db, c, part, warm))
+                    measured[g_key].append(await raw_phase(server, label, c, part, warm))
+            beside = f"beside {workers} worker{'s' if workers > 1 else ''}"
+            d1 = merged(f"direct asyncpg, c=1 ({beside})", measured["d1"])
+            d32 = merged(f"direct asyncpg, c={conc} ({beside})", measured["d32"])
+            g1 = merged(f"{label}, c=1", measured["g1"])
+            g32 = merged(f"{label}, c={conc}", measured["g32"])
+            phases += [d1, g1, d32, g32]
+            print(f"  {d1.name}: p50 {d1.p50:.3f} ms; {d32.name}: {d32.rps:,.0f} req/s", flush=True)
             print(f"  {g1.name}: p50 {g1.p50:.3f} ms; {g32.name}: {g32.rps:,.0f} req/s", flush=True)
             if args.httpx:
                 h1 = await httpx_phase(server, label, 1, seconds, warmup)
@@ -607,7 +645,10 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per phase")
-    parser.add_argument("--warmup", type=float, default=1.5, help="untimed seconds before each phase")
+    parser.add_argument("--warmup", type=float, default=1.5,
+                        help="untimed seconds before each phase's first round (0.3 s before the others)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="direct and gateway take turns this many times per phase, --seconds split among them")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn workers, one run each")
     parser.add_argument("--no-httpx", dest="httpx", action="store_false",
