@@ -162,6 +162,7 @@ class AuditTrail:
         self._observe = observe
         self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[AuditRecord]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # One group is written at a time, by the writer task or by a caller writing its own record (below).
         self._writing = False
         self._backlog = 0  # records queued or taken by the writer task, not yet written
@@ -170,6 +171,7 @@ class AuditTrail:
 
     async def start(self) -> None:
         if self._writer is None:
+            self._loop = asyncio.get_running_loop()
             self._writer = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
@@ -190,9 +192,10 @@ class AuditTrail:
 
     async def record(self, record: AuditRecord) -> AuditRecord:
         """Returns the stored record once it is durable; raises Unavailable if it cannot be."""
-        if self._writer is None or self._writer.done():
+        if self._writer is None or self._writer.done() or self._loop is None:
             raise Unavailable("the audit trail is not running; no data is served without an audit record")
-        fut: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+        # The writer's loop, kept: asking for the running loop costs a system call on Python 3.11 (getpid).
+        fut: asyncio.Future[AuditRecord] = self._loop.create_future()
         item = (_storable(record), fut)
         if self._writing or self._backlog:
             self._backlog += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from connectors.base import LIST_OPERATORS, NULL_OPERATORS, OPERATORS, Filter, SortKey
 from gateway.errors import BadRequest
+from gateway.randomness import random_bytes
 
 DEFAULT_LIMIT = 100
 _KEYS = {"columns", "where", "order_by", "limit", "cursor"}
@@ -142,7 +142,7 @@ class CursorCodec:
         self._aead = AESGCMSIV(hashlib.sha256(b"agentgate-cursor-siv:" + digest).digest())
 
     def encode(self, fingerprint: str, position: Any) -> str:
-        nonce = os.urandom(12)
+        nonce = random_bytes(12)
         try:
             plain = orjson.dumps({"f": fingerprint, "p": position})
         except TypeError:  # what orjson refuses (an int over 64 bits): json's form

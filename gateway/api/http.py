@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,11 +10,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from gateway import randomness
 from gateway.errors import GatewayError, error_body
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return randomness.request_id()
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
