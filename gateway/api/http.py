@@ -20,21 +20,11 @@ def new_request_id() -> str:
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
     """The body, or (b"", True) once it is over `limit` bytes; never buffers more than limit + one chunk."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return b"", True
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return b"", True
-        chunks.append(chunk)
-    return b"".join(chunks), False
+    return await read_asgi_body(request.receive, limit, request.headers.get("content-length"))
 
 
 async def read_asgi_body(receive: Receive, limit: int, declared: str | None) -> tuple[bytes, bool]:
-    """`read_body` on the ASGI receive channel itself, for routes served without a Request object."""
+    """`read_body` on the ASGI receive channel itself (the hot path serves reads without a Request object)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return b"", True
     chunks: list[bytes] = []
