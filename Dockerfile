@@ -3,7 +3,12 @@
 # agentgate container image.
 #
 #   docker build -t agentgate .
-#   docker run --rm -p 8080:8080 -e AGENTGATE_JWT_SECRET=... agentgate
+#   docker run --rm -p 8080:8080 -e AGENTGATE_JWT_SECRET="$(openssl rand -hex 32)" agentgate
+#
+# AGENTGATE_JWT_SECRET (or a mounted agentgate.toml with a real [auth] secret)
+# is required: the default command listens on 0.0.0.0, and `agentgate serve`
+# refuses (exit 2, one line saying so) to listen beyond loopback with the
+# demo secret that the shipped agentgate.toml falls back to.
 #
 # Runtime state (the SQLite store, the demo's source database) lives in
 # /app/var, the only directory the service user can write to; mount a volume

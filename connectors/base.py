@@ -16,7 +16,8 @@ NULL_OPERATORS = ("is null", "is not null")
 LIST_OPERATORS = ("in", "not in")
 MAX_LIST_VALUES = 1000
 
-JSONValue = None | bool | int | float | str
+# A whole-row reference (SQL mode on PostgreSQL) comes back as the list of its fields.
+JSONValue = None | bool | int | float | str | list["JSONValue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,11 @@ class ConnectorError(Exception):
 
 class InvalidQuery(ConnectorError):
     """The query names something that is not there or a value of the wrong kind (the caller's fault)."""
+
+
+class SourceRefused(ConnectorError):
+    """The source refused a statement the agent wrote (SQL mode). The text is the source's own: it may name its
+    tables and quote its values, so it goes to the audit record and the log, never to the agent."""
 
 
 class SourceUnavailable(ConnectorError):

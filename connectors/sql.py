@@ -55,6 +55,7 @@ from connectors.base import (
     JSONValue,
     MissingTable,
     Page,
+    SourceRefused,
     SourceTimedOut,
     SourceUnavailable,
     TableQuery,
@@ -277,7 +278,7 @@ class SqlConnector:
     @contextlib.contextmanager
     def _reading(self, *, agent_sql: bool) -> Iterator[None]:
         """What the driver raises while a read runs, as the connector's errors: out of time (ours or the
-        server's) SourceTimedOut; the server refusing an agent's own SQL (SQL mode) InvalidQuery; anything
+        server's) SourceTimedOut; the server refusing an agent's own SQL (SQL mode) SourceRefused; anything
         else SourceUnavailable."""
         late = f"source {self.name!r} did not answer within {self._timeout:g}s"
         try:
@@ -290,7 +291,7 @@ class SqlConnector:
             if any(marker in str(exc.orig).lower() for marker in _TIMEOUT_MARKERS):
                 raise SourceTimedOut(late) from exc
             if agent_sql and not exc.connection_invalidated:
-                raise InvalidQuery(f"the source refused the statement: {_short(exc)}") from exc
+                raise SourceRefused(f"source {self.name!r} refused the statement: {_short(exc)}") from exc
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
         except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
@@ -299,8 +300,9 @@ class SqlConnector:
         """`sql` as a text() statement whose markers are bound parameters. Every other colon is escaped, so
         nothing the agent wrote (a ':x' in a string literal) is taken for a parameter."""
         escaped = sql.replace(":", "\\:")
-        # One pass with whole-word matches: marker _1 must not eat into marker _10.
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, binds)) + r")\b")
+        # One pass over the markers as quoted identifiers (SQL mode quotes every one): marker _1 must not eat into
+        # marker _10.
+        pattern = re.compile(r"[\"`](" + "|".join(map(re.escape, binds)) + r")[\"`]")
         escaped = pattern.sub(lambda m: ":" + m.group(1), escaped)
         params = []
         for marker, (table, column, value) in binds.items():
@@ -612,6 +614,10 @@ def _jsonable(value: Any) -> JSONValue:
         return value.total_seconds()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (tuple, list)):  # a whole-row reference (PostgreSQL's anonymous record): its fields
+        return [_jsonable(v) for v in value]
+    if isinstance(value, asyncpg.BitString):
+        return str(value.as_string())  # B'101' -> "101", not the driver's repr
     return str(value)
 
 

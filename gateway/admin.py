@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import approvals, audit, integrity
 from gateway.auth import Agent
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gateway.policy import Policy
 
 if TYPE_CHECKING:
@@ -54,9 +54,18 @@ async def revoke(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
     if reason is not None and not isinstance(reason, str):
         raise BadRequest("'reason' must be a string")
     key, subject = targets[0]
-    rid = await gw.revocations.revoke("agent" if key == "agent" else "token", subject, reason, agent.name)
     trace.query = json.dumps({key: subject, "reason": reason})
-    return 201, {"id": rid}
+    if subject == (agent.name if key == "agent" else agent.jti):
+        # An admin locking itself out by mistake (or a stolen admin token silencing its owner's session first)
+        # is refused; another admin, or `agentgate revoke` on the command line, can still do it.
+        raise Forbidden("an admin may not revoke itself nor the token it is using: ask another admin, or run "
+                        "`agentgate revoke` on the command line", reason=f"self-revocation refused ({key})")
+    stored, created = await gw.revocations.revoke("agent" if key == "agent" else "token", subject, reason,
+                                                  agent.name)
+    # Idempotent: a subject already revoked keeps its one revocation, and its id is answered (201 as for a new
+    # one, as the contract says, with already_revoked true).
+    trace.reason = None if created else f"already revoked (revocation {stored.id}); nothing stored"
+    return 201, {"id": stored.id, "already_revoked": not created, "created_at": stored.created_at}
 
 
 async def restore(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
@@ -137,14 +146,24 @@ async def audit_verify(gw: Gateway, req: ReadRequest, agent: Agent, policy: Poli
     flag = req.params.get("incremental", "").lower()
     if flag not in ("", "0", "1", "true", "false"):
         raise BadRequest("'incremental' takes 1/true or 0/false")
-    incremental = flag in ("1", "true")
-    report = await integrity.verify_all(gw.store, gw.checkpoint_key, resume=gw.verified if incremental else None)
-    # Remember how far the chain holds, for the next incremental check (the review page's); forget on a break.
-    gw.verified = report.verified
-    full_at = report.verified.full_at if report.verified is not None else None
-    return 200, {"ok": report.ok, "count": report.count, "checkpoints": report.checkpoints,
-                 "bad_id": report.bad_id, "problem": report.problem, "incremental": report.incremental,
-                 "full_check_at": audit.format_time(full_at) if full_at is not None else None}
+    unknown = sorted(set(req.params) - {"incremental"})
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0][:60]!r} (expected incremental)")
+    trace.query = json.dumps(dict(req.params)) if req.params else None
+    # Off the event loop, and joined with a check already running (gateway/chainwatch.py).
+    try:
+        done = await gw.chain.check(incremental=flag in ("1", "true"))
+    except Exception as exc:  # the store did not answer the walk (its own connection): not a 500
+        raise Unavailable("the audit chain could not be checked now; try again",
+                          reason=f"audit chain check failed: {type(exc).__name__}") from exc
+    trace.rows = done.records
+    status = gw.chain.status()
+    last_full = status["last_full"]
+    pruned = await integrity.last_prune(gw.store)  # where the trail starts after a prune: when, who, how many
+    return 200, {"ok": done.ok, "count": done.count, "checkpoints": done.checkpoints, "bad_id": done.bad_id,
+                 "problem": done.problem, "incremental": done.kind == "incremental",
+                 "full_check_at": last_full["finished_at"] if last_full else None,
+                 "checked": done.to_dict(), **status, "pruned": pruned.to_dict() if pruned else None}
 
 
 async def audit_activity(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,

@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import admin, data, mcp_server, ops
 from gateway.audit import AuditTrail
 from gateway.auth import Authenticator
+from gateway.caller import TrustedProxies
+from gateway.chainwatch import ChainWatch
 from gateway.config import Settings, find_config, load_settings
 from gateway.core import Gateway, PolicyHolder
 from gateway.integrity import Checkpointer
@@ -88,10 +90,16 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                 checkpointer = Checkpointer(store, key, settings.audit.checkpoint_seconds)
                 await checkpointer.start()
                 stack.push_async_callback(checkpointer.close)
+            # The audit chain checked in full in the background, every [audit] verify_seconds (off the loop).
+            chain = ChainWatch(store, key, settings.audit.verify_seconds)
+            metrics.watch_chain(chain.gauges)
+            await chain.start()
+            stack.push_async_callback(chain.close)
+            state.proxies = TrustedProxies(settings.server.forwarded_allow_ips)
             state.gateway = Gateway(authenticator=authenticator, policies=holder, audit=trail, sources=sources,
                                     http_sources=http_sources,
                                     cursors=cursors, metrics=metrics, revocations=revocations, store=store,
-                                    checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds)
+                                    checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds, chain=chain)
             # The MCP session manager: one per app start, run for as long as the app is.
             state.mcp = mcp_manager = mcp_server.session_manager(
                 state.gateway, settings.server.max_body_bytes, sql_enabled=settings.sql.enabled)

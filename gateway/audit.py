@@ -27,12 +27,13 @@ from typing import Any
 import asyncpg
 import orjson
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import Unavailable
 from gateway.store import anchor as anchor_table
 from gateway.store import asyncpg_dsn
 from gateway.store import audit as audit_table
+from gateway.textsafe import spreadsheet_cell
 
 log = logging.getLogger("agentgate.audit")
 
@@ -65,6 +66,10 @@ class AuditRecord:
     masked: str | None = None
     transport: str | None = None
     row_filter: str | None = None  # the row filter applied to the read, its claim values filled in
+    token_id: str | None = None  # the verified token's jti: what `revoke token` takes
+    client: str | None = None  # the caller's address (a trusted proxy's X-Forwarded-For), or "cli"
+    user_agent: str | None = None  # capped (caller.cap)
+    trace_id: str | None = None  # the W3C traceparent's trace-id, when the request carried a valid one
     id: int = 0
     prev_hash: str = ""
     hash: str = ""
@@ -78,10 +83,11 @@ class AuditRecord:
 
 FIELD_ORDER = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
                "decision", "reason", "status", "rows", "bytes", "duration_ms", "source_ms", "response_sha256",
-               "approved_by", "rule", "columns", "masked", "transport", "row_filter", "prev_hash", "hash")
+               "approved_by", "rule", "columns", "masked", "transport", "row_filter", "token_id", "client",
+               "user_agent", "trace_id", "prev_hash", "hash")
 # Fields added after the first release: left out of the hashed content while null, so records written
 # before they existed keep their hashes.
-LATER_FIELDS = ("row_filter",)
+LATER_FIELDS = ("row_filter", "token_id", "client", "user_agent", "trace_id")
 assert set(FIELD_ORDER) == {f.name for f in fields(AuditRecord)}
 
 
@@ -440,13 +446,25 @@ class _PgChainWriter:
 
 
 async def record_once(engine: AsyncEngine, record: AuditRecord) -> AuditRecord:
-    """One record from outside the gateway (the CLI's admin acts), on the same chain."""
+    """One record from outside the gateway (the CLI's admin acts), on the same chain; its caller is "cli"
+    unless it names another."""
+    if record.client is None:
+        record = replace(record, client="cli")
     trail = AuditTrail(engine)
     await trail.start()
     try:
         return await trail.record(record)
     finally:
         await trail.close()
+
+
+async def append_locked(conn: AsyncConnection, records: list[AuditRecord],
+                        tail: tuple[int, str] | None) -> list[AuditRecord]:
+    """Records linked onto `tail` (id and hash; None: the chain's start) and inserted in the caller's transaction,
+    which holds the chain's lock and read the tail under it (a prune writes its own record so, with the prune)."""
+    out = _chain([_storable(r) for r in records], *(tail or (None, None)))
+    await conn.execute(insert(audit_table), [{f: getattr(r, f) for f in FIELD_ORDER} for r in out])
+    return out
 
 
 @dataclass(frozen=True)
@@ -517,19 +535,22 @@ async def iter_records(engine: AsyncEngine, f: AuditFilter | None = None,
 
 
 async def export_lines(engine: AsyncEngine, fmt: str, f: AuditFilter | None = None) -> AsyncIterator[str]:
-    """The trail as JSON lines or CSV (header first), oldest first, one record at a time."""
+    """The trail as JSON lines or CSV (header first), oldest first, one record at a time. JSON lines are exact;
+    a CSV cell that a spreadsheet would run as a formula starts with a single quote (textsafe.spreadsheet_cell)."""
     if fmt == "jsonl":
         async for rec in iter_records(engine, f):
             yield json.dumps(rec.to_dict(), separators=(",", ":")) + "\n"
         return
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(FIELD_ORDER), lineterminator="\n")
+    # CRLF ends a row (RFC 4180), so the writer quotes every cell holding a CR or an LF: a bare CR in an agent's
+    # name would otherwise end the row in a spreadsheet and let the rest of the cell forge a row of its own.
+    writer = csv.DictWriter(buffer, fieldnames=list(FIELD_ORDER), lineterminator="\r\n")
     writer.writeheader()
     yield buffer.getvalue()
     async for rec in iter_records(engine, f):
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(rec.to_dict())
+        writer.writerow({k: spreadsheet_cell(v) if isinstance(v, str) else v for k, v in rec.to_dict().items()})
         yield buffer.getvalue()
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from gateway.config import Settings, find_config, load_settings
 from gateway.errors import ConfigError
+from gateway.textsafe import SafeFormatter, terminal
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE = 0, 1, 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,6 +62,13 @@ def _name(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value
+
+
+def _decider(value: str) -> str:
+    name = _name(value)
+    if "(os:" in name.casefold():  # the gateway adds "(os: USER)" itself; a name carrying one would forge it
+        raise argparse.ArgumentTypeError("must not contain '(os:'")
+    return name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("approve", "deny"):
         dv = sub.add_parser(verb, parents=[common], help=f"{verb} a pending approval")
         dv.add_argument("approval_id", metavar="ID")
-        dv.add_argument("--by", required=True, type=_name, help="the person deciding (recorded as approved_by)")
+        dv.add_argument("--by", required=True, type=_decider,
+                        help="the person deciding (recorded as approved_by, with the operating-system user)")
 
     a = sub.add_parser("audit", parents=[common], help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser)
@@ -130,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a checkpoint kept elsewhere (from `audit checkpoint` or the log); repeatable")
     a.add_parser("checkpoint", parents=[common], help="sign the trail's current tail and print the checkpoint")
     ap = a.add_parser("prune", parents=[common], help="delete records older than a date, keeping the rest verifiable")
-    ap.add_argument("--before", required=True, help="ISO 8601 date or time")
+    ap.add_argument("--before", required=True, help="ISO 8601 date or time, at least [audit] min_retention_days ago")
+    ap.add_argument("--dry-run", action="store_true", help="say how many records would be deleted; change nothing")
+    ap.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
     ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
     ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
     ae.add_argument("--since", help="ISO 8601 time")
@@ -149,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--policy-dir and --since need --replay")
     if args.command == "check" and args.replay and not args.policy_dir:
         parser.error("--replay needs --policy-dir NEW_DIR (the proposed policy)")
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))  # agent input in a log line cannot break or fake lines
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs the whole model at INFO on every load
     config = find_config(getattr(args, "config", None))
     if not config.is_file():
@@ -210,13 +223,21 @@ def _read_only(run: Callable[[], int], attempts: int = 5) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway import exposure
     from gateway.app import create_app
 
+    host = args.host or settings.server.host
+    # The shipped demo secret mints tokens for anyone who reads this repository: this machine only.
+    refused = exposure.refusal(settings.auth, host)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return EXIT_USAGE
+    if exposure.uses_demo_secret(settings.auth):
+        print(exposure.WARNING, file=sys.stderr)
     # Validate everything before binding the port, so a bad file is one clear line, not a traceback.
     code = asyncio.run(_preflight(settings))
     if code != EXIT_OK:
         return code
-    host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     common: dict[str, Any] = dict(host=host, port=port, log_level=args.log_level, access_log=False,
                                   proxy_headers=False, timeout_graceful_shutdown=10,
@@ -235,7 +256,8 @@ def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["gateway"] = {"format": LOG_FORMAT}
+    config["formatters"]["gateway"] = {"()": "gateway.textsafe.SafeFormatter", "fmt": LOG_FORMAT}
+    config["formatters"]["default"]["()"] = "gateway.textsafe.uvicorn_formatter"  # uvicorn's lines too
     config["handlers"]["gateway"] = {"class": "logging.StreamHandler", "formatter": "gateway",
                                      "stream": "ext://sys.stderr"}
     config["root"] = {"handlers": ["gateway"], "level": level.upper()}
@@ -263,7 +285,7 @@ async def _preflight(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    from gateway.policy import lint, load_policy
+    from gateway.policy import approval_conflicts, lint, load_policy
     from gateway.sources import check_tables, open_sources
 
     faults: list[str] = []
@@ -301,6 +323,7 @@ async def _check(settings: Settings) -> int:
     if results:
         print(f"policy tests: {sum(r.passed for r in results)} passed, {sum(not r.passed for r in results)} failed")
     lint_faults, warnings = lint(policy)
+    warnings.extend(await approval_conflicts(policy))
     faults.extend(lint_faults)
     for w in warnings:
         print(f"warning: {w}")
@@ -337,7 +360,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     for line in replay.report(result):
-        print(line)
+        print(terminal(line))  # agent names and datasets from the trail
     failing = await failing_cases(proposed)
     for f in failing:
         print(f"FAIL {f}")
@@ -407,12 +430,16 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
                 print("agentgate: checking a checkpoint needs [audit] checkpoint_key in the config", file=sys.stderr)
                 return EXIT_USAGE
             report = await integrity.verify_all(engine, key, external)
+            pruned = await integrity.last_prune(engine)
             if report.ok:
                 extra = f", {report.checkpoints} checkpoints" if report.checkpoints else ""
                 print(f"ok {report.count} records{extra}")
-                return EXIT_OK
-            print(f"FAIL record {report.bad_id}: {report.problem} ({report.count} records verified before it)")
-            return EXIT_FAULT
+            else:
+                print(terminal(f"FAIL record {report.bad_id}: {report.problem} ({report.count} records verified "
+                               "before it)"))
+            if pruned is not None:  # "ok N records" is only what is left: say where it starts and why
+                print(terminal(pruned.line()))
+            return EXIT_OK if report.ok else EXIT_FAULT
         if args.audit_command == "checkpoint":
             if key is None:
                 print("agentgate: signed checkpoints need [audit] checkpoint_key in the config", file=sys.stderr)
@@ -421,21 +448,7 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
             print(cp.token() if cp else "the trail is empty: nothing to sign")
             return EXIT_OK
         if args.audit_command == "prune":
-            try:
-                before = audit.parse_time(args.before)
-            except ValueError:
-                print("agentgate: --before takes an ISO 8601 date such as 2026-01-01", file=sys.stderr)
-                return EXIT_USAGE
-            pruned, anchor = await integrity.prune(engine, before, key)
-            actor = f"cli:{_user()}"
-            message = (f"pruned {pruned} records before {audit.format_time(before)}; the trail now starts at "
-                       f"record {anchor.first_id}" if anchor else "nothing to prune")
-            await audit.record_once(engine, audit.AuditRecord(
-                time=audit.now(), request_id=uuid.uuid4().hex, action="prune", decision="allow", status=200,
-                agent=actor, rows=pruned, query=json.dumps({"before": audit.format_time(before)}), reason=message,
-                transport="cli"))
-            print(message)
-            return EXIT_OK
+            return await _prune(settings, args, engine, key)
         try:
             since = audit.parse_time(args.since) if args.since else None
             until = audit.parse_time(args.until) if getattr(args, "until", None) else None
@@ -452,12 +465,64 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
                 _print_table(records)
             return EXIT_OK
         out = sys.stdout
+        # Read on a terminal, a CSV export is escaped like every listing (each record a line); to a file or a
+        # pipe it is written exact. JSON lines escape control characters themselves.
+        shown = args.format == "csv" and out.isatty()
         async for line in audit.export_lines(engine, args.format, audit.AuditFilter(since=since)):
-            out.write(line)
+            out.write(terminal(line.removesuffix("\r\n")) + "\n" if shown else line)
         out.flush()
         return EXIT_OK
     finally:
         await engine.dispose()
+
+
+async def _prune(settings: Settings, args: argparse.Namespace, engine: Any, key: str | None) -> int:
+    """audit prune: never into the future nor the retention period, never without a yes (asked on a terminal,
+    or --yes), and never without its own record, written with the prune."""
+    import datetime as dt
+
+    from gateway import audit, integrity
+
+    try:
+        before = audit.parse_time(args.before)
+    except ValueError:
+        print("agentgate: --before takes an ISO 8601 date such as 2026-01-01", file=sys.stderr)
+        return EXIT_USAGE
+    cutoff, now = audit.format_time(before), audit.now()
+    days = settings.audit.min_retention_days
+    if before > now:
+        print(f"agentgate: --before {cutoff} is in the future: prune deletes only records older than a past date",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if before > now - dt.timedelta(days=days):
+        print(f"agentgate: --before {cutoff} is inside [audit] min_retention_days ({days}): the latest cut-off "
+              f"allowed now is {audit.format_time(now - dt.timedelta(days=days))}", file=sys.stderr)
+        return EXIT_USAGE
+    count = await integrity.prunable(engine, before)
+    if args.dry_run:
+        print(f"dry run: {count} records before {cutoff} would be deleted; nothing was changed")
+        return EXIT_OK
+    if count and not args.yes:
+        if not sys.stdin.isatty():
+            print(f"agentgate: prune would delete {count} records and needs a yes: run it on a terminal, or add "
+                  "--yes", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stderr.write(f"delete {count} records before {cutoff} from the audit trail? This cannot be undone "
+                         "(an anchor keeps the rest verifiable) [y/N] ")
+        sys.stderr.flush()
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("agentgate: prune cancelled; nothing was deleted", file=sys.stderr)
+            return EXIT_FAULT
+    pruned, anchor = await integrity.prune(engine, before, key, audit.AuditRecord(
+        time=audit.now(), request_id=uuid.uuid4().hex, action="prune", decision="allow", status=200,
+        agent=f"cli:{_user()}", transport="cli", client="cli"))
+    if pruned and anchor is not None:
+        print(f"pruned {pruned} records before {cutoff}; the trail now starts at record {anchor.first_id} "
+              f"(the prune is record {anchor.record_id})")
+    else:
+        print(f"nothing to prune before {cutoff}")
+    return EXIT_OK
 
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> int:
@@ -482,9 +547,11 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         kind = "agent" if args.target == "agent" else "token"
         key = "agent" if kind == "agent" else "jti"
         if args.command == "revoke":
-            rid = await revocations.add(engine, kind, args.subject, args.reason, actor)
+            stored, created = await revocations.add(engine, kind, args.subject, args.reason, actor)
             acted: dict[str, Any] = {key: args.subject, "reason": args.reason}
-            status, message = 201, f"revoked {kind} {args.subject} (revocation {rid})"
+            status, message = (201, f"revoked {kind} {args.subject} (revocation {stored.id})") if created else (
+                200, f"{kind} {args.subject} was already revoked (revocation {stored.id}, by {stored.created_by} "
+                     f"at {stored.created_at}); nothing stored")
         else:
             lifted = await revocations.lift(engine, actor, kind=kind, subject=args.subject)
             acted = {key: args.subject, "ids": [r.id for r in lifted]}
@@ -494,16 +561,47 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         await audit.record_once(engine, audit.AuditRecord(
             time=audit.now(), request_id=uuid.uuid4().hex, action=args.command, decision="allow", status=status,
             agent=actor, query=json.dumps(acted), reason=message, transport="cli"))
-        print(message)
+        print(terminal(message))
+        if args.command == "revoke" and kind == "agent":  # after the revocation is stored: never delay it
+            doubt = await _unknown_agent(settings, engine, args.subject)
+            if doubt:
+                print(terminal(f"agentgate: warning: {doubt}; the revocation is stored all the same "
+                               f"(revocation {stored.id})"), file=sys.stderr)
         return EXIT_OK
     finally:
         await engine.dispose()
 
 
+async def _unknown_agent(settings: Settings, engine: Any, name: str) -> str | None:
+    """Why `revoke agent NAME` may have missed (a typo, a role's name): None when a policy line or an audit
+    record names that agent."""
+    from sqlalchemy import select
+
+    from gateway.policy import load_policy
+    from gateway.store import audit as audit_table
+
+    members: set[str] = set()
+    roles: set[str] = set()
+    try:
+        policy = await asyncio.to_thread(load_policy, settings.policy.dir, settings.sources)
+        members = {r.sub for r in policy.rules} | {member for member, _ in policy.groupings}
+        roles = {role for _, role in policy.groupings}
+    except ConfigError:
+        pass  # an unreadable policy names nobody: the trail alone decides
+    if name in roles:
+        return (f"{name!r} is a role: revoking it as an agent stops only tokens whose subject is {name!r}, not "
+                "the role's members (revoke each agent)")
+    if name in members:
+        return None
+    async with engine.connect() as conn:
+        seen = (await conn.execute(select(audit_table.c.id).where(audit_table.c.agent == name).limit(1))).first()
+    return None if seen else f"no policy line and no audit record names the agent {name!r} (a typo?)"
+
+
 async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
     """approvals list / approve ID --by WHO / deny ID --by WHO: the store every replica reads, and the trail."""
     from gateway import approvals, audit
-    from gateway.errors import Unavailable
+    from gateway.errors import Forbidden, Unavailable
     from gateway.store import create_tables, make_store_engine
 
     engine = make_store_engine(settings.store.url)
@@ -517,26 +615,36 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
                 print("no pending approvals" if not args.all else "no approvals")
             else:
                 head = ("id", "requested_at", "agent", "dataset", "owner", "status", "decided_by", "query")
-                rows = [tuple(str(a.to_dict()[k] or "-")[:80] for k in head) for a in items]
+                rows = [tuple(terminal(str(a.to_dict()[k] or "-"))[:80] for k in head) for a in items]
                 widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
                 print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
                 for r in rows:
                     print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
             return EXIT_OK
+        user = _os_user()
         actor = f"cli:{_user()}"
         approve = args.command == "approve"
-        decided = await approvals.decide(engine, args.approval_id, approve, args.by, settings.approvals.ttl_seconds)
+        try:
+            decided = await approvals.decide(engine, args.approval_id, approve, args.by,
+                                             settings.approvals.ttl_seconds, os_user=user)
+        except Forbidden as exc:  # the agent that asked deciding its own approval: refused, and recorded
+            await audit.record_once(engine, audit.AuditRecord(
+                time=audit.now(), request_id=uuid.uuid4().hex, action=args.command, decision="deny", status=403,
+                agent=actor, query=json.dumps({"approval_id": args.approval_id, "by": args.by, "os_user": user}),
+                reason=exc.reason, transport="cli"))
+            print(terminal(f"agentgate: refused: {exc.message}"), file=sys.stderr)
+            return EXIT_FAULT
         if decided is None:
-            print(f"agentgate: no pending approval {args.approval_id}", file=sys.stderr)
+            print(terminal(f"agentgate: no pending approval {args.approval_id}"), file=sys.stderr)
             return EXIT_FAULT
         message = (f"{'approved' if approve else 'denied'} {decided.id}: {decided.agent} reading {decided.dataset}"
                    + (f", until {audit.format_time(decided.expires_at)}" if decided.expires_at else ""))
         await audit.record_once(engine, audit.AuditRecord(
             time=audit.now(), request_id=uuid.uuid4().hex, action=args.command, decision="allow", status=200,
             agent=actor, query=json.dumps({"approval_id": decided.id, "agent": decided.agent,
-                                           "dataset": decided.dataset, "by": args.by}),
-            approved_by=args.by if approve else None, reason=message, transport="cli"))
-        print(message)
+                                           "dataset": decided.dataset, "by": args.by, "os_user": user}),
+            approved_by=decided.decided_by if approve else None, reason=message, transport="cli"))
+        print(terminal(message))
         return EXIT_OK
     except Unavailable as exc:
         print(f"agentgate: {exc.message} ({exc.reason})", file=sys.stderr)
@@ -549,9 +657,13 @@ def _print_table(records: Sequence[Any]) -> None:
     if not records:
         print("no records")
         return
-    head = ("id", "time", "agent", "action", "dataset", "decision", "status", "rows", "reason")
-    rows = [(str(r.id), r.to_dict()["time"][:23] + "Z", r.agent or "-", r.action, r.dataset or "-", r.decision,
-             str(r.status), "" if r.rows is None else str(r.rows), (r.reason or "")[:60]) for r in records]
+    # token_id whole: it is what `revoke token` takes.
+    head = ("id", "time", "agent", "token_id", "client", "action", "dataset", "decision", "status", "rows", "reason")
+    # What agents wrote (names, datasets, reasons quoting them) is escaped: no record can move the cursor,
+    # erase a line or start one (gateway/textsafe.py).
+    rows = [(str(r.id), r.to_dict()["time"][:23] + "Z", terminal(r.agent or "-"), terminal(r.token_id or "-"),
+             terminal(r.client or "-"), terminal(r.action), terminal(r.dataset or "-"), r.decision, str(r.status),
+             "" if r.rows is None else str(r.rows), terminal(r.reason or "")[:60]) for r in records]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for row in rows:
@@ -563,6 +675,17 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return str(os.getuid())
+
+
+def _os_user() -> str:
+    """The account this process runs as, from its user id: not from $USER or $LOGNAME, which whoever runs the
+    command sets. Recorded beside an approver's self-declared name."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 if __name__ == "__main__":

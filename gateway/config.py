@@ -7,6 +7,7 @@ start-up stops with one clear line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -27,13 +28,13 @@ MAX_LEEWAY_SECONDS = 30.0
 # Every key agentgate.toml takes, by table; the README documents each (a test checks).
 CONFIG_KEYS: dict[str, set[str]] = {
     "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost"},
-    "server": {"host", "port", "max_body_bytes"},
+    "server": {"host", "port", "max_body_bytes", "forwarded_allow_ips"},
     "sql": {"enabled"},
     "approvals": {"ttl_seconds"},
     "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
              "jwks_cache_seconds"},
     "store": {"url"},
-    "audit": {"checkpoint_key", "checkpoint_seconds"},
+    "audit": {"checkpoint_key", "checkpoint_seconds", "verify_seconds", "min_retention_days"},
     "policy": {"dir"},
     "cost": {"per_request", "per_1k_rows", "per_source_second"},
     "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
@@ -84,6 +85,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    # Proxies whose X-Forwarded-For names the caller (addresses or networks; "*" for every peer). Empty: the
+    # header is never trusted, the peer's own address is the caller.
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class StoreSettings:
 class AuditSettings:
     checkpoint_key: Secret | None = None  # HMAC key for signed checkpoints and the prune anchor
     checkpoint_seconds: float = 60.0
+    verify_seconds: float = 300.0  # a full check of the chain in the background this often; 0: never
+    min_retention_days: int = 30  # `audit prune` keeps at least this many days of records
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,7 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         host=reader.get(s, "server.host", str, "127.0.0.1"),
         port=reader.get(s, "server.port", int, 8080),
         max_body_bytes=reader.positive(s, "server.max_body_bytes", 1_048_576),
+        forwarded_allow_ips=_proxies(reader, s),
     )
     if not 0 <= server.port <= 65535:
         raise ConfigError(path, "server.port", "must be between 0 and 65535")
@@ -222,8 +229,12 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
     key = reader.get(au, "audit.checkpoint_key", str, None)
     if key is not None and len(key.encode()) < 32:
         raise ConfigError(path, "audit.checkpoint_key", "must be at least 32 bytes long")
+    verify_seconds = float(reader.get(au, "audit.verify_seconds", (int, float), 300.0))
+    if not 0 <= verify_seconds < float("inf"):
+        raise ConfigError(path, "audit.verify_seconds", "must be 0 (no background check) or more seconds")
     audit = AuditSettings(checkpoint_key=Secret(key) if key else None,
-                          checkpoint_seconds=float(reader.positive(au, "audit.checkpoint_seconds", 60.0)))
+                          checkpoint_seconds=float(reader.positive(au, "audit.checkpoint_seconds", 60.0)),
+                          verify_seconds=verify_seconds, min_retention_days=_retention(reader, au))
 
     p = reader.table(data, "policy")
     reader.only(p, "policy", CONFIG_KEYS["policy"])
@@ -246,6 +257,33 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
 
     return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
                     store=store, policy=policy, sources=sources, audit=audit, cost=cost)
+
+
+def _retention(reader: _Reader, au: dict[str, Any]) -> int:
+    days = int(reader.get(au, "audit.min_retention_days", int, 30))
+    if not 0 <= days <= 36_500:
+        raise ConfigError(reader.path, "audit.min_retention_days", "must be from 0 (no minimum) to 36500 days")
+    return days
+
+
+def _proxies(reader: _Reader, s: dict[str, Any]) -> tuple[str, ...]:
+    """[server] forwarded_allow_ips, as uvicorn takes it: a list of addresses or networks, or one string of them
+    comma-separated, or "*"."""
+    raw = reader.get(s, "server.forwarded_allow_ips", (list, str), [])
+    items = [p for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(reader.path, "server.forwarded_allow_ips", "takes addresses or networks as strings")
+        item = item.strip()
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(reader.path, "server.forwarded_allow_ips", f"{item[:60]!r} is not an IP "
+                                  'address or network (e.g. 10.0.0.0/8), nor "*"') from None
+        out.append(item)
+    return tuple(out)
 
 
 def _auth(reader: _Reader, a: dict[str, Any], base: Path) -> AuthSettings:

@@ -27,18 +27,22 @@ from connectors.base import (
     Filter,
     InvalidQuery,
     MissingTable,
+    SourceRefused,
     SourceTimedOut,
     SourceUnavailable,
     TableQuery,
 )
 from connectors.http import HttpAnswer, HttpConnector
 from connectors.sql import SqlConnector
-from gateway import admin, approvals, integrity, rowfilters, sqlmode
+from gateway import admin, approvals, rowfilters, sqlmode
 from gateway.audit import AuditRecord, AuditTrail, now
 from gateway.auth import Agent, Authenticator
 from gateway.budgets import Meter
+from gateway.caller import cap
 from gateway.catalog import Dataset
+from gateway.chainwatch import ChainWatch
 from gateway.errors import (
+    NOT_ALLOWED,
     ApprovalPending,
     BadRequest,
     Forbidden,
@@ -46,6 +50,7 @@ from gateway.errors import (
     SourceError,
     SourceTimeout,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     error_body,
 )
@@ -57,7 +62,12 @@ from gateway.revocations import Registry
 log = logging.getLogger("agentgate.core")
 
 # One answer for "denied" and "no such dataset", so dataset names do not leak.
-FORBIDDEN = "not allowed: the dataset does not exist or this agent may not read it"
+FORBIDDEN = NOT_ALLOWED
+# A token id (jti) longer than this is recorded capped (real ones are UUIDs or shorter): no record grows with a
+# token's size.
+TOKEN_ID_MAX = 256
+# What an agent is told when the source refuses its SQL (the source's own text goes to the record and the log).
+SOURCE_REFUSED = "the source refused the statement"
 # Headers of an HTTP source's answer passed through to the agent (besides its content type).
 PASSED_HEADERS = frozenset({"etag", "last-modified", "content-language", "content-disposition", "retry-after"})
 # The audit record's `action` for each operation.
@@ -81,6 +91,13 @@ class ReadRequest:
     transport: str = "http"
     route_error: GatewayError | None = None
     params: Mapping[str, str] = field(default_factory=dict)  # path and query parameters of admin calls
+    # Who called (gateway/caller.py): the address (a trusted proxy's X-Forwarded-For), user agent, trace id.
+    client: str | None = None
+    user_agent: str | None = None
+    trace_id: str | None = None
+    # What the record's `query` holds when the request is more than its body (an MCP tool call: its arguments
+    # as sent, as JSON), until the operation names what it acted on (SQL mode: the statement).
+    recorded_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +144,7 @@ class Gateway:
                  sources: Mapping[str, SqlConnector], http_sources: Mapping[str, HttpConnector] | None = None,
                  cursors: CursorCodec, metrics: Metrics,
                  revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None,
-                 approval_ttl: int = 3600):
+                 approval_ttl: int = 3600, chain: ChainWatch | None = None):
         self.auth = authenticator
         self.approval_ttl = approval_ttl
         self.meter = Meter(store)
@@ -140,17 +157,27 @@ class Gateway:
         self.http_sources = http_sources or {}
         self.cursors = cursors
         self.metrics = metrics
-        self.verified: integrity.Verified | None = None  # how far the audit chain was last found intact
+        # The audit chain's checks and their last verdict (no background schedule unless the app starts one).
+        self.chain = chain or ChainWatch(store, checkpoint_key)
+
+    def admit(self, agent: Agent) -> None:
+        """After the token verified: refuse a subject that names a role (401; roles are not agents, see
+        policy.role_names) and a revoked agent or token (403). Every way in calls this, through handle."""
+        policy = self.policies.current
+        if policy is not None and agent.name in policy.roles:
+            raise Unauthenticated("the token's subject names a role, not an agent",
+                                  reason=f"token subject {agent.name[:100]!r} is a role in the policy")
+        self.revocations.check(agent)
 
     async def handle(self, req: ReadRequest) -> Answer:
         started = time.perf_counter()
-        trace = Trace(dataset=req.dataset)
+        trace = Trace(dataset=req.dataset, query=req.recorded_query)
         headers: dict[str, str] = {}
         try:
             if req.body_too_large:
                 raise TooLarge("the request body is over the size limit")
             trace.agent = agent = await self.auth.authenticate(req.authorization)
-            self.revocations.check(agent)
+            self.admit(agent)
             if req.route_error is not None:
                 raise req.route_error
             policy = self.policies.current
@@ -195,7 +222,8 @@ class Gateway:
             approved_by=trace.approved_by,
             columns=orjson.dumps(trace.columns).decode() if trace.columns is not None else None,
             masked=orjson.dumps(trace.masked).decode() if trace.masked is not None else None, transport=req.transport,
-            row_filter=trace.row_filter)
+            row_filter=trace.row_filter, token_id=cap(who.jti, TOKEN_ID_MAX) if who else None, client=req.client,
+            user_agent=req.user_agent, trace_id=req.trace_id)
         try:
             await self.audit.record(record)
         except Unavailable as exc:
@@ -256,25 +284,34 @@ class Gateway:
         if not decision.allowed:
             raise Forbidden(FORBIDDEN, reason=decision.reason)
         if not self._rows_for(policy, agent, ds):
-            raise Forbidden(f"no row filter of {ds.name!r} applies to this agent, so it may read no rows",
-                            reason=f"no row filter of {ds.name!r} for the agent's roles")
+            # Answered as an unknown dataset: it is not listed to this agent either.
+            raise Forbidden(FORBIDDEN, reason=f"no row filter of {ds.name!r} for the agent's roles")
         if ds.approval == "required" and not approval_handled:
             raise Forbidden(f"{ds.name!r} needs a person's approval; read it through its query endpoint",
                             reason="approval required")
         return ds
 
     async def _approved(self, req: ReadRequest, agent: Agent, ds: Dataset) -> str:
-        """A read of a dataset that needs a person's approval: who approved it, or 202 / 403."""
+        """A read of a dataset that needs a person's approval: who approved it, or 202 / 403. An approval covers
+        the request as submitted: its agent (and on_behalf_of), its dataset and its body (approvals.binding)."""
+        if req.operation == "query":
+            parse_body(req.body)  # a malformed body is a 400 now, not an approval for a request that cannot run
+        submitted = _query_text(req)
         if req.approval_id is None:
-            aid = await approvals.open_request(self.store, agent.name, ds.name, ds.owner, _query_text(req),
-                                               req.request_id)
+            aid, reused = await approvals.open_request(self.store, agent.name, ds.name, ds.owner, submitted,
+                                                       req.request_id, on_behalf_of=agent.on_behalf_of)
             raise ApprovalPending(f"reading {ds.name!r} needs a person's approval (owner: {ds.owner}); ask again "
                                   "with header X-Approval-Id once it is approved", aid,
-                                  reason=f"approval {aid} opened, pending")
+                                  reason=f"approval {aid} {'already open' if reused else 'opened'}, pending")
         found = await approvals.get(self.store, req.approval_id)
-        if found is None or found.agent != agent.name or found.dataset != ds.name:
-            raise Forbidden("this approval id does not serve this agent and dataset",
-                            reason=f"approval {req.approval_id[:64]!r} unknown or for another agent or dataset")
+        if (found is None or found.agent != agent.name or found.dataset != ds.name
+                or found.on_behalf_of != agent.on_behalf_of):
+            raise Forbidden("this approval id does not serve this request: an approval covers one agent, one "
+                            "dataset and one body", reason=f"approval {req.approval_id[:64]!r} unknown or for "
+                                                           "another agent, person or dataset")
+        if not found.covers(approvals.digest(approvals.binding(submitted))):
+            raise Forbidden("this approval id does not serve this request: an approval covers one agent, one "
+                            "dataset and one body", reason=f"approval {found.id} was asked for another body")
         if found.status == "pending":
             raise ApprovalPending(f"approval {found.id} is still pending", found.id,
                                   reason=f"approval {found.id} still pending")
@@ -356,8 +393,6 @@ class Gateway:
             found = self.sources.get(source_name) if source_name else None
             dialect = sqlmode.DIALECTS.get(found.dialect, found.dialect) if found else ""
         tree = sqlmode.parse(sql, dialect)
-        sqlmode.check_cte_names(tree, {n.lower() for ds in policy.catalog for n in (
-            ds.name, (ds.table or "").rpartition(".")[2])})
         refs = sqlmode.dataset_references(tree)
         touched = sorted({sqlmode.reference_name(t) or "" for t in refs})
         trace.dataset = ",".join(n for n in touched if n) or None
@@ -444,6 +479,10 @@ def source_errors() -> Iterator[None]:
         yield
     except InvalidQuery as exc:
         raise BadRequest(str(exc)) from exc
+    except SourceRefused as exc:
+        # One message whatever the source said: its text may quote a row's value or name its tables.
+        log.info("the source refused a statement: %s", exc)
+        raise BadRequest(SOURCE_REFUSED, reason=str(exc)) from exc
     except MissingTable as exc:
         raise SourceError("the source no longer has this dataset's table", reason=str(exc)) from exc
     except SourceTimedOut as exc:

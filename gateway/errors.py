@@ -26,6 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# One answer for "denied" and "no such dataset" (and "no rows of it are yours"), so dataset names do not leak.
+NOT_ALLOWED = "not allowed: the dataset does not exist or this agent may not read it"
+
 
 class GatewayError(Exception):
     status: int = 500

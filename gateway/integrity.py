@@ -17,8 +17,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -90,6 +92,7 @@ class Anchor:
     pruned: int
     before: str
     signature: str | None
+    record_id: int | None = None  # the last prune's own audit record
 
     def valid(self, key: str) -> bool:
         return self.signature is not None and hmac.compare_digest(
@@ -101,40 +104,133 @@ async def load_anchor(engine: AsyncEngine) -> Anchor | None:
         return await _anchor(conn)
 
 
-async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None) -> tuple[int, Anchor | None]:
-    """Delete the records older than `before` (a prefix of the chain) and move the anchor after them."""
+async def _first_kept(conn: AsyncConnection, before: dt.datetime) -> tuple[int, Any] | None:
+    """Where a prune before `before` cuts the chain (always a prefix): the first record it keeps, the oldest one
+    at or after `before` (one past the tail when every record is older), and the tail; None on an empty trail."""
+    c = audit_table.c
+    keep = (await conn.execute(select(func.min(c.id)).where(c.time >= before))).scalar()
+    tail = (await conn.execute(select(c.id, c.hash).order_by(c.id.desc()).limit(1))).first()
+    if tail is None:
+        return None
+    return (int(keep) if keep is not None else int(tail.id) + 1), tail
+
+
+async def prunable(engine: AsyncEngine, before: dt.datetime) -> int:
+    """How many records a prune before `before` would delete now (`audit prune --dry-run`). Changes nothing."""
+    async with engine.connect() as conn:
+        cut = await _first_kept(conn, before)
+        if cut is None:
+            return 0
+        return int((await conn.execute(select(func.count()).where(audit_table.c.id < cut[0]))).scalar() or 0)
+
+
+async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None,
+                record: audit.AuditRecord | None = None) -> tuple[int, Anchor | None]:
+    """Delete the records older than `before` (a prefix of the chain) and move the anchor after them. With
+    `record` (who prunes: time, request id, agent, transport), the prune's own audit record is appended in the
+    same transaction, so no prune happens without its record: `rows` the records deleted, `query` the
+    cut-off and the new anchor, `reason` a sentence."""
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text(f"SELECT pg_advisory_xact_lock({audit.CHAIN_LOCK})"))
         c = audit_table.c
-        keep = (await conn.execute(select(func.min(c.id)).where(c.time >= before))).scalar()
-        tail = (await conn.execute(select(c.id, c.hash).order_by(c.id.desc()).limit(1))).first()
-        if tail is None:
-            return 0, None
-        first_kept = int(keep) if keep is not None else int(tail.id) + 1
-        last_pruned = (await conn.execute(select(c.hash).where(c.id == first_kept - 1))).scalar()
-        if last_pruned is None:
-            return 0, await _anchor(conn)
+        moment = audit.format_time(before)
+        old = await _anchor(conn)
+        cut = await _first_kept(conn, before)
+        last_pruned = None
+        if cut is not None:
+            last_pruned = (await conn.execute(select(c.hash).where(c.id == cut[0] - 1))).scalar()
+        if cut is None or last_pruned is None:
+            if record is not None:  # nothing older than `before`: the attempt is recorded all the same
+                tail = (cut[1].id, cut[1].hash) if cut is not None else (
+                    (old.first_id - 1, old.prev_hash) if old is not None else None)
+                await audit.append_locked(conn, [replace(
+                    record, rows=0, query=json.dumps({"before": moment, "pruned": 0}),
+                    reason=f"nothing to prune before {moment}")], tail)
+            return 0, old
+        first_kept, tail = cut
         pruned = (await conn.execute(delete(audit_table).where(c.id < first_kept))).rowcount or 0
         await conn.execute(delete(checkpoint_table).where(checkpoint_table.c.record_id < first_kept))
-        old = await _anchor(conn)
         total = (old.pruned if old else 0) + pruned
-        moment = audit.format_time(before)
         signature = sign(key, first_kept, last_pruned, total, moment) if key else None
+        record_id = None
+        if record is not None:
+            facts = {"before": moment, "pruned": pruned, "first_id": first_kept, "prev_hash": last_pruned,
+                     "total_pruned": total}
+            # The chain's tail after the cut: the old tail, or, when every record went, the anchor's.
+            link = (tail.id, tail.hash) if tail.id >= first_kept else (first_kept - 1, last_pruned)
+            [written] = await audit.append_locked(conn, [replace(
+                record, rows=pruned, query=json.dumps(facts),
+                reason=f"pruned {pruned} records before {moment}; the trail now starts at record {first_kept}")],
+                link)
+            record_id = written.id
         values = dict(first_id=first_kept, prev_hash=last_pruned, pruned=total, before=before, time=audit.now(),
-                      signature=signature)
+                      signature=signature, record_id=record_id)
         if old is None:
             await conn.execute(insert(anchor_table).values(id=1, **values))
         else:
             await conn.execute(update(anchor_table).where(anchor_table.c.id == 1).values(**values))
-        return pruned, Anchor(first_kept, last_pruned, total, moment, signature)
+        return pruned, Anchor(first_kept, last_pruned, total, moment, signature, record_id)
+
+
+@dataclass(frozen=True)
+class PruneFacts:
+    """Where the trail starts after a prune, as `audit verify`, the review page and the admin API state it."""
+
+    at: str  # when the last prune ran
+    by: str | None  # who ran it, from its own audit record (None: the trail holds no record of it)
+    pruned: int | None  # how many records it deleted (None: unknown, as `by`)
+    total: int  # how many every prune so far deleted
+    before: str  # its cut-off
+    first_id: int  # the kept chain starts at this record ...
+    prev_hash: str  # ... which follows this hash, the last deleted record's
+    record_id: int | None  # the prune's own audit record
+    signed: bool  # the anchor is signed ([audit] checkpoint_key); verification checks the signature
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        who = f"by {self.by} (record {self.record_id})" if self.by else "by whom the trail does not say"
+        count = f"{self.pruned} records" if self.pruned is not None else "the records"
+        return (f"the trail starts at record {self.first_id}, after a prune at {self.at} {who}: {count} before "
+                f"{self.before} deleted ({self.total} by every prune); anchor: record {self.first_id} follows hash "
+                f"{self.prev_hash}, {'signed' if self.signed else 'unsigned'}")
+
+
+async def last_prune(engine: AsyncEngine) -> PruneFacts | None:
+    """The last prune's facts, from the anchor and the prune's own record; None if the trail was never pruned.
+    Two reads by primary key: cheap enough for every verification."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(anchor_table).where(anchor_table.c.id == 1))).first()
+        if row is None:
+            return None
+        rec = None
+        if row.record_id is not None:
+            rec = (await conn.execute(select(audit_table.c.action, audit_table.c.agent, audit_table.c.rows,
+                                             audit_table.c.query).where(audit_table.c.id == row.record_id))).first()
+    try:  # the record must be this prune's: a prune record naming the same anchor
+        ok = rec is not None and rec.action == "prune" and json.loads(rec.query or "{}").get("first_id") == int(
+            row.first_id)
+    except (ValueError, AttributeError):
+        ok = False
+    return PruneFacts(at=audit.format_time(_utc(row.time)), by=rec.agent if ok and rec is not None else None,
+                      pruned=int(rec.rows) if ok and rec is not None and rec.rows is not None else None,
+                      total=int(row.pruned), before=audit.format_time(_utc(row.before)), first_id=int(row.first_id),
+                      prev_hash=row.prev_hash, record_id=int(row.record_id) if ok else None,
+                      signed=row.signature is not None)
+
+
+def _utc(moment: Any) -> dt.datetime:
+    return audit.parse_time(moment) if isinstance(moment, str) else moment
 
 
 async def _anchor(conn: AsyncConnection) -> Anchor | None:
     row = (await conn.execute(select(anchor_table).where(anchor_table.c.id == 1))).first()
     if row is None:
         return None
-    return Anchor(int(row.first_id), row.prev_hash, int(row.pruned), audit.format_time(row.before), row.signature)
+    return Anchor(int(row.first_id), row.prev_hash, int(row.pruned), audit.format_time(row.before), row.signature,
+                  row.record_id)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -44,5 +47,40 @@ class Metrics:
         self.audit_write.observe(seconds)
         self.audit_batch.observe(records)
 
+    def watch_chain(self, read: Callable[[], ChainGauges | None]) -> None:
+        """Gauges of the last check of the audit chain, read at each scrape (none before the first check)."""
+        self.registry.register(_ChainCollector(read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ChainGauges(NamedTuple):
+    ok: bool
+    finished: float  # Unix time
+    seconds: float
+    records: int
+    bad_id: int | None
+
+
+class _ChainCollector(Collector):
+    def __init__(self, read: Callable[[], ChainGauges | None]):
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        last = self._read()
+        if last is None:
+            return
+        yield GaugeMetricFamily("agentgate_audit_verify_ok", "1 if the last check of the audit chain found it "
+                                "intact, 0 if it found a break", value=1.0 if last.ok else 0.0)
+        yield GaugeMetricFamily("agentgate_audit_verify_last_seconds",
+                                "Unix time the last check of the audit chain ended", value=last.finished)
+        yield GaugeMetricFamily("agentgate_audit_verify_duration_seconds",
+                                "How long the last check of the audit chain took", value=last.seconds)
+        yield GaugeMetricFamily("agentgate_audit_verified_records", "Records the last check of the audit chain "
+                                "found intact (before the break, if it found one)", value=float(last.records))
+        yield GaugeMetricFamily("agentgate_audit_verify_bad_record", "The first bad record the last check of the "
+                                "audit chain found (0: none)", value=float(last.bad_id or 0))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

@@ -13,7 +13,7 @@ import csv
 import io
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class Policy:
     engine: Engine
     indexed: bool
     budgets: Budgets = NO_BUDGETS
+    # Names that are roles (see role_names): a token whose subject is one of them is refused.
+    roles: frozenset[str] = frozenset()
     _roles: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
     _parents: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -132,7 +134,17 @@ def load_policy(policy_dir: Path, sources: Mapping[str, SourceSettings]) -> Poli
         except Exception as exc:  # pycasbin raises bare RuntimeError/KeyError strings
             raise ConfigError(model_path, None, f"Casbin cannot load this model and policy: {exc}") from None
     return Policy(dir=policy_dir, catalog=catalog, rules=tuple(rules), groupings=tuple(groupings),
-                  cases=tuple(cases), engine=engine, indexed=indexed, budgets=budgets)
+                  cases=tuple(cases), engine=engine, indexed=indexed, budgets=budgets,
+                  roles=role_names(rules, groupings))
+
+
+def role_names(rules: Sequence[Rule], groupings: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """The names that are roles: the role of any `g` line (held by someone: `g, agent, ROLE`) and the subject of
+    any `p` line (`p, ROLE, object, action, effect`, as the policy format has it), whether anyone holds it or
+    not. Every other name is an agent's. Agents and roles are separate names: a token whose subject is a role is
+    refused (otherwise whoever could get a token for that name would hold the role's rights), so an agent gets
+    rights only through the roles its `g` lines give it."""
+    return frozenset(r for _, r in groupings) | frozenset(rule.sub for rule in rules)
 
 
 async def failing_cases(policy: Policy) -> list[str]:
@@ -172,9 +184,13 @@ def lint(policy: Policy) -> tuple[list[str], list[str]]:
         if sub in roles and sub not in held:
             warnings.append(f"role {sub!r} is granted rules but no agent holds it")
         elif sub not in roles and sub not in members:
-            # No g line names it: a role nobody holds, or an agent granted rules directly.
-            warnings.append(f"role {sub!r} is granted rules but no agent holds it "
-                            "(no g line names it; ignore this if it is an agent's own name)")
+            warnings.append(f"role {sub!r} is granted rules but no agent holds it (no g line names it; a token "
+                            "whose subject is this name is refused: agents get rights through g lines only)")
+    faults.extend(_agents_named_as_roles(policy, members, roles))
+    for name in sorted(members & roles):
+        # Both sides of g lines: a role that holds roles (allowed), or an agent someone made a role (refused).
+        warnings.append(f"{name!r} holds roles (g, {name}, ...) and is held as a role (g, ..., {name}): a role "
+                        "of roles; a token whose subject is this name is refused")
     grantees = {r.sub for r in policy.rules if r.eft == "allow" and r.act in ("read", "*")}
     for ds in policy.catalog:
         readable = False
@@ -188,6 +204,51 @@ def lint(policy: Policy) -> tuple[list[str], list[str]]:
         if not readable:
             warnings.append(f"dataset {ds.name!r} is readable by nobody")
     return faults, warnings
+
+
+def _agents_named_as_roles(policy: Policy, members: set[str], held_roles: set[str]) -> list[str]:
+    """Faults: names the policy files use as an agent's that are roles (see role_names), whose tokens are
+    therefore refused: an agent granted rules directly, a policy test or a budget for a role."""
+    faults: list[str] = []
+    for name in sorted((members - held_roles) & policy.roles):
+        faults.append(f"policy.csv: agent {name!r} (g, {name}, ...) is also the subject of p lines, which makes "
+                      "it a role, and a token whose subject is a role is refused; grant those rules to a role "
+                      "it holds")
+    for i, case in enumerate(policy.cases, start=1):
+        if case.agent in policy.roles:
+            faults.append(f"tests.toml: case {i} names {case.agent!r} as its agent, but that is a role (a token "
+                          "whose subject is a role is refused); name an agent that holds it")
+    for name in sorted(policy.budgets.agents):
+        if name in policy.roles:
+            faults.append(f"budgets.toml: [agents.{name}] names a role, not an agent; budgets apply to agents")
+    return faults
+
+
+async def approval_conflicts(policy: Policy) -> list[str]:
+    """Warnings for `check`: a subject (an agent, or a role, through g lines) that may both read a dataset with
+    approval = "required" and decide approvals (admin:approvals write), so one person's rights could ask and
+    approve. The gateway refuses an agent deciding its own approval; two agents of one such role are not."""
+    guarded = [ds for ds in policy.catalog if ds.approval == "required"]
+    if not guarded:
+        return []
+    flagged: dict[str, list[str]] = {}
+    subjects = sorted(policy.roles | {m for m, _ in policy.groupings})
+    for sub in subjects:
+        if not (await policy.decide(sub, "admin:approvals", "write")).allowed:
+            continue
+        readable = [ds.name for ds in guarded if (await policy.may_read(sub, ds)).allowed]
+        if readable:
+            flagged[sub] = readable
+    out = []
+    for sub, names in flagged.items():
+        # An agent flagged only through a role already named adds nothing.
+        if sub not in policy.roles and any(flagged.get(r) == names for r in policy.roles_of(sub)):
+            continue
+        kind = "role" if sub in policy.roles else "agent"
+        out.append(f"{kind} {sub!r} may both read {', '.join(repr(n) for n in names)} (approval = \"required\") "
+                   "and decide approvals (admin:approvals write): the person approving should not hold the "
+                   "rights of the one asking")
+    return out
 
 
 def _read(path: Path) -> str:

@@ -52,6 +52,8 @@ def parse_body(raw: bytes | None) -> QueryBody:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("the body is not valid JSON") from None
+        except RecursionError:  # json's C decoder gives up on arrays nested thousands deep
+            raise BadRequest("the body is nested too deeply") from None
     return parse_query(data)
 
 

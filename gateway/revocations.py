@@ -9,20 +9,22 @@ A revocation taken through this replica applies here before it is answered.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit import now
+from gateway.audit import format_time, now, parse_time
 from gateway.auth import Agent
 from gateway.errors import Forbidden, Unavailable
 from gateway.store import revocations as table
 from gateway.sync import StoreSync, notify
 
 KINDS = ("agent", "token")
+REVOKE_LOCK = 7243003  # PostgreSQL advisory lock: one revocation of a subject at a time
 T = TypeVar("T")
 
 
@@ -40,14 +42,23 @@ class Revocation:
                 "reason": self.reason, "created_by": self.created_by, "created_at": self.created_at}
 
 
-async def add(engine: AsyncEngine, kind: str, subject: str, reason: str | None, by: str) -> int:
+async def add(engine: AsyncEngine, kind: str, subject: str, reason: str | None, by: str) -> tuple[Revocation, bool]:
+    """Revoke an agent or a token, once: while a revocation of it is in force, that one is answered and no
+    second is stored (True: this call stored it). Two admins revoking at once still make one."""
     assert kind in KINDS
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # SQLite's write transactions take turns already (BEGIN IMMEDIATE)
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({REVOKE_LOCK})"))
+        found = (await conn.execute(select(table).where(
+            table.c.lifted_at.is_(None), table.c.kind == kind, table.c.subject == subject).order_by(table.c.id)
+            .limit(1))).first()
+        if found is not None:
+            return _row(found), False
         result = await conn.execute(insert(table).values(kind=kind, subject=subject, reason=reason, created_by=by,
-                                                         created_at=now()).returning(table.c.id))
-        rid = int(result.scalar_one())
+                                                         created_at=now()).returning(*table.c))
+        stored = _row(result.one())
         await notify(conn, "revocations")
-    return rid
+    return stored, True
 
 
 async def lift(engine: AsyncEngine, by: str, *, rid: int | None = None, kind: str | None = None,
@@ -70,8 +81,10 @@ async def active(conn: AsyncConnection) -> list[Revocation]:
 
 
 def _row(r: Any) -> Revocation:
+    # With its zone, as every time the gateway shows (SQLite hands the stored UTC time back without one).
+    created = r.created_at if isinstance(r.created_at, dt.datetime) else parse_time(str(r.created_at))
     return Revocation(id=r.id, kind=r.kind, subject=r.subject, reason=r.reason, created_by=r.created_by,
-                      created_at=r.created_at.isoformat() if hasattr(r.created_at, "isoformat") else str(r.created_at))
+                      created_at=format_time(created))
 
 
 class Registry:
@@ -119,12 +132,13 @@ class Registry:
                     self._stopped.add(task)
                     task.cancel()
 
-    async def revoke(self, kind: str, subject: str, reason: str | None, by: str) -> int:
-        rid = await add(self._engine, kind, subject, reason, by)
+    async def revoke(self, kind: str, subject: str, reason: str | None, by: str) -> tuple[Revocation, bool]:
+        """The revocation in force (True: stored by this call)."""
+        stored = await add(self._engine, kind, subject, reason, by)
         # Refuse from this replica's very next request, without waiting for the wake-up.
         async with self._engine.connect() as conn:
             await self.refresh(conn)
-        return rid
+        return stored
 
     async def restore(self, rid: int, by: str) -> Revocation | None:
         lifted = await lift(self._engine, by, rid=rid)

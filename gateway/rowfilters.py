@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.base import LIST_OPERATORS, MAX_LIST_VALUES, NULL_OPERATORS, Filter
-from gateway.errors import Forbidden
+from gateway.errors import NOT_ALLOWED, Forbidden
 
 EVERY_AGENT = "*"
 MAX_TERMS = 20
@@ -217,8 +217,7 @@ def scope_for(dataset: str, filters: Mapping[str, RowFilter], agent: str, claims
     holders = {agent, EVERY_AGENT, *roles}
     applying = [f for key, f in sorted(filters.items()) if key in holders]
     if not applying:
-        raise Forbidden(f"no row filter of {dataset!r} applies to this agent, so it may read no rows",
-                        reason=f"no row filter of {dataset!r} for the agent's roles")
+        raise Forbidden(NOT_ALLOWED, reason=f"no row filter of {dataset!r} for the agent's roles")
     alternatives = tuple(tuple(_resolve(dataset, t, claims) for t in f.terms) for f in applying)
     if any(not terms for terms in alternatives):  # a "true" filter: every row
         return Scope(((),), " OR ".join(f"[{f.key}] true" for f in applying if not f.terms))

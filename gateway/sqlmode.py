@@ -33,23 +33,43 @@ from gateway.errors import BadRequest, Forbidden
 # SQLAlchemy dialect name -> sqlglot dialect.
 DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
 
-# sqlglot's function classes an agent may call. Anything else (exp.Anonymous included) is refused.
+# What an agent's SELECT may be made of: sqlglot's expression classes, each allowed deliberately (a test holds an
+# example of every one). Anything else — writes, DDL, session and transaction control, locks, SELECT INTO, server
+# variables, placeholders, regular expressions, collations, arrays, table functions, syntax sqlglot keeps as an
+# opaque command — is refused, so a new sqlglot class is refused until someone allows it.
+STRUCTURE = frozenset({
+    "Select", "Union", "Intersect", "Except", "Subquery", "From", "Join", "Where", "Group", "Having", "Order",
+    "Ordered", "Limit", "Offset", "With", "CTE", "Table", "TableAlias", "Identifier", "Column", "Star", "Alias",
+    "Paren", "Distinct", "Window", "WindowSpec", "Tuple",
+})
+OPERATORS = frozenset({
+    "And", "Or", "Not", "Xor", "EQ", "NEQ", "GT", "GTE", "LT", "LTE", "NullSafeEQ", "NullSafeNEQ", "Is", "In",
+    "Between", "Exists", "Any", "All", "Like", "ILike", "Escape", "Add", "Sub", "Mul", "Div", "IntDiv", "Mod", "Neg",
+    "DPipe", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Filter",
+})
+LITERALS = frozenset({"Literal", "Null", "Boolean", "BitString", "HexString", "DataType", "DataTypeParam", "Interval",
+                      "Var"})
+# Function classes (exp.Func); exp.Anonymous — a name sqlglot does not know — is never one of them.
 ALLOWED_FUNCTIONS = frozenset({
     "Count", "Sum", "Avg", "Min", "Max", "Lower", "Upper", "Length", "Coalesce", "Nullif", "Abs", "Round",
-    "Floor", "Ceil", "Cast", "TryCast", "Case", "If", "Concat", "ConcatWs", "Substring", "Trim", "Greatest",
-    "Least", "Extract", "DateTrunc", "TimestampTrunc", "TimeTrunc", "Date", "CurrentDate", "CurrentTimestamp",
+    "Floor", "Ceil", "Cast", "Case", "If", "Concat", "ConcatWs", "Substring", "Trim", "Greatest",
+    "Least", "Extract", "TimestampTrunc", "Date", "CurrentDate", "CurrentTimestamp",
     "CurrentTime", "RowNumber", "Rank", "DenseRank", "Stddev", "StddevPop", "StddevSamp", "Variance",
-    "VariancePop", "Mod", "Sign", "Left", "Right", "Replace", "Position", "StrPosition",
+    "VariancePop", "Sign", "Left", "Right", "Replace", "StrPosition", "Lag", "Lead", "FirstValue", "LastValue",
+    "NthValue", "Ntile", "PercentRank", "CumeDist",
+    # Connectives and CASE-like forms that sqlglot models as functions.
+    "And", "Or", "Xor", "Exists",
 })
-
-# Node types that never belong in a read: writes, DDL, session and transaction control, locks, SELECT INTO,
-# server variables and bind placeholders.
-_REFUSED = tuple(t for t in (getattr(exp, name, None) for name in (
-    "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Command", "Into", "Lock", "Set",
-    "Pragma", "Transaction", "Commit", "Rollback", "Copy", "LoadData", "Use", "Describe", "Show", "Grant",
-    "Revoke", "Returning", "SessionParameter", "Parameter", "Placeholder", "Kill", "Cache", "Uncache",
-    "Refresh", "Analyze", "TruncateTable", "Comment", "Summarize", "Export",
-)) if isinstance(t, type))
+ALLOWED_NODES = STRUCTURE | OPERATORS | LITERALS | ALLOWED_FUNCTIONS
+# A Var is a bare keyword: a date part or an interval unit, never a name the source resolves.
+_VAR_PARENTS = ("Extract", "Interval", "TimestampTrunc", "WindowSpec")
+# CAST targets: plain scalar types only (no reg* lookups, arrays, JSON, user-defined or row types).
+_T = exp.DataType.Type
+PLAIN_TYPES = frozenset({
+    _T.BOOLEAN, _T.TINYINT, _T.SMALLINT, _T.INT, _T.BIGINT, _T.UTINYINT, _T.USMALLINT, _T.UINT, _T.UBIGINT,
+    _T.DECIMAL, _T.FLOAT, _T.DOUBLE, _T.CHAR, _T.NCHAR, _T.VARCHAR, _T.NVARCHAR, _T.TEXT, _T.DATE, _T.TIME,
+    _T.DATETIME, _T.TIMESTAMP, _T.TIMESTAMPTZ,
+})
 
 MAX_SQL_CHARS = 100_000
 
@@ -62,6 +82,8 @@ def parse_body(body: bytes | None) -> str:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
+    except RecursionError:  # json's C decoder gives up on arrays nested thousands deep
+        raise BadRequest("the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object {"sql": "SELECT ..."}')
     unknown = sorted(set(data) - {"sql"})
@@ -87,18 +109,25 @@ def parse(sql: str, dialect: str) -> exp.Query:
     if not isinstance(tree, (exp.Select, exp.SetOperation)):
         raise BadRequest("only a SELECT is allowed")
     for node in tree.walk():
-        if isinstance(node, _REFUSED):
-            raise BadRequest(f"only a read-only SELECT is allowed ({type(node).__name__.upper()} is not)")
-        if isinstance(node, exp.Func) and type(node).__name__ not in ALLOWED_FUNCTIONS:
-            name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-            raise BadRequest(f"function {name!r} is not allowed in SQL mode")
-        if isinstance(node, exp.DataType) and (node.this == exp.DataType.Type.USERDEFINED
-                                               or node.sql(dialect=dialect).upper().startswith("REG")):
-            # PostgreSQL's reg* casts look names up in the system catalogs.
-            raise BadRequest(f"a cast to {node.sql(dialect=dialect)!r} is not allowed in SQL mode")
+        _check_node(node, dialect)
     normalised = normalize_identifiers(tree, dialect=dialect)
     assert isinstance(normalised, (exp.Select, exp.SetOperation))
     return normalised
+
+
+def _check_node(node: exp.Expr, dialect: str) -> None:
+    """Refuse a node whose class is not allowed (see ALLOWED_NODES), a cast to a type that is not plain, and a bare
+    keyword outside the places that take one."""
+    kind = type(node).__name__
+    if kind not in ALLOWED_NODES:
+        if isinstance(node, exp.Func):
+            name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+            raise BadRequest(f"function {name!r} is not allowed in SQL mode")
+        raise BadRequest(f"only a plain read-only SELECT is allowed ({kind.upper()} is not)")
+    if isinstance(node, exp.DataType) and node.this not in PLAIN_TYPES:
+        raise BadRequest(f"a cast to {node.sql(dialect=dialect)[:60]!r} is not allowed in SQL mode (plain types only)")
+    if isinstance(node, exp.Var) and type(node.parent).__name__ not in _VAR_PARENTS:
+        raise BadRequest(f"{node.name[:60]!r} is not allowed here in SQL mode")
 
 
 def _with_of(node: exp.Expr) -> exp.With | None:
@@ -106,10 +135,10 @@ def _with_of(node: exp.Expr) -> exp.With | None:
     return w if isinstance(w, exp.With) else None
 
 
-def _is_cte_reference(table: exp.Table) -> bool:
-    """Whether `table` names a CTE in scope (a CTE sees the ones before it, and itself when RECURSIVE)."""
+def _cte_of(table: exp.Table) -> exp.CTE | None:
+    """The CTE `table` names, if one is in scope (a CTE sees the ones before it, and itself when RECURSIVE)."""
     if table.args.get("db") or table.args.get("catalog"):
-        return False
+        return None
     name = table.name
     prev: exp.Expr = table
     node = table.parent
@@ -119,14 +148,17 @@ def _is_cte_reference(table: exp.Table) -> bool:
             index = next((i for i, c in enumerate(ctes) if c is prev), None)
             if index is not None:
                 visible = ctes[:index] + ([ctes[index]] if node.args.get("recursive") else [])
-                if any(c.alias == name for c in visible):
-                    return True
+                found = next((c for c in reversed(visible) if c.alias == name), None)
+                if isinstance(found, exp.CTE):
+                    return found
         else:
             w = _with_of(node)
-            if w is not None and w is not prev and any(c.alias == name for c in w.expressions):
-                return True
+            if w is not None and w is not prev:
+                found = next((c for c in w.expressions if c.alias == name), None)
+                if isinstance(found, exp.CTE):
+                    return found
         prev, node = node, node.parent
-    return False
+    return None
 
 
 def dataset_references(tree: exp.Expr) -> list[exp.Table]:
@@ -135,17 +167,28 @@ def dataset_references(tree: exp.Expr) -> list[exp.Table]:
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
             raise BadRequest("only datasets may stand as tables")
-        if not _is_cte_reference(table):
+        if _cte_of(table) is None:
             out.append(table)
     return out
 
 
-def check_cte_names(tree: exp.Expr, taken: set[str]) -> None:
-    """A CTE may not take a dataset's or a real table's name: it would shadow the table a rewritten
-    reference reads (SQLite lets every CTE refer to itself)."""
-    for cte in tree.find_all(exp.CTE):
-        if cte.alias.lower() in taken:
-            raise BadRequest(f"a CTE may not be named {cte.alias!r}, like a dataset or a table")
+def rename_ctes(tree: exp.Expr, nonce: str) -> None:
+    """Give every CTE a fresh name no agent can write, each reference to it keeping the agent's name as its alias.
+    A CTE can then never shadow the real table a dataset's subquery reads, whatever the agent calls it, so a CTE
+    named like a dataset or a table is served exactly as one named like nothing (names do not leak)."""
+    ctes = list(tree.find_all(exp.CTE))
+    fresh = {id(c): f"agcte_{nonce}_{i}" for i, c in enumerate(ctes)}
+    for table in [(t, _cte_of(t)) for t in tree.find_all(exp.Table)]:
+        ref, cte = table
+        if cte is None:
+            continue
+        if not isinstance(ref.args.get("alias"), exp.TableAlias):
+            ref.set("alias", exp.TableAlias(this=exp.to_identifier(ref.name)))
+        ref.set("this", exp.to_identifier(fresh[id(cte)]))
+    for cte in ctes:
+        alias = cte.args.get("alias")
+        if isinstance(alias, exp.TableAlias):
+            alias.set("this", exp.to_identifier(fresh[id(cte)]))
 
 
 def reference_name(table: exp.Table) -> str | None:
@@ -180,6 +223,23 @@ class Rewritten:
     binds: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
 
 
+def _check_names(tree: exp.Expr, sources: Mapping[str, Source]) -> None:
+    """Every name a column reference uses must be a column of a dataset touched, or a name the statement itself
+    defines (an alias, a CTE or derived table and their column lists, a table alias for a whole-row reference).
+    Anything else would be resolved by the source: PostgreSQL reads `t.f` as the function f applied to row t."""
+    known = {c.lower() for src in sources.values() for c in src.columns}
+    known.update(a.alias.lower() for a in tree.find_all(exp.Alias))
+    for ta in tree.find_all(exp.TableAlias):
+        known.add(ta.name.lower())
+        known.update(c.name.lower() for c in ta.columns)
+    known.update(t.name.lower() for t in tree.find_all(exp.Table))
+    for column in tree.find_all(exp.Column):
+        if isinstance(column.this, exp.Star):
+            continue
+        if column.name.lower() not in known:
+            raise BadRequest(f"unknown column {column.name[:100]!r}")
+
+
 def _plain_projection(column: exp.Column) -> bool:
     parent = column.parent
     if isinstance(parent, exp.Alias):
@@ -196,6 +256,8 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
     aliased: set[str] = set()
     binds: dict[str, tuple[str, str, Any]] = {}
     nonce = secrets.token_hex(8)
+    _check_names(tree, sources)
+    rename_ctes(tree, nonce)
     for column in tree.find_all(exp.Column):
         if column.name.lower() in folded:
             if not _plain_projection(column):
@@ -216,7 +278,7 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
             alias = exp.TableAlias(this=exp.to_identifier(ref.name))
         inner = exp.select(*cols).from_(real)
         if src.scope is not None:
-            inner = inner.where(_scope_condition(src, binds, nonce))
+            inner = _fenced(inner.where(_scope_condition(src, binds, nonce)), dialect)
         sub = exp.Subquery(this=inner, alias=alias.copy())
         ref.replace(sub)
     limit = min(s.max_rows for s in sources.values())
@@ -228,10 +290,33 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
         limit = min(limit, int(value.name))
     tree.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
     try:
-        sql = tree.sql(dialect=dialect, comments=False)
+        # Every identifier quoted: a name is always a name (PostgreSQL reads a bare `user` or `current_role` as a
+        # function of the session), and a row-filter marker stands as one quoted identifier.
+        sql = tree.sql(dialect=dialect, comments=False, identify=True)
     except SqlglotError as exc:
         raise BadRequest(f"the SQL cannot be rendered for this source: {str(exc)[:200]}") from None
     return Rewritten(sql, limit, hidden, aliased, binds)
+
+
+# A clause no planner looks through: it keeps the subquery that stands for a row-filtered dataset whole, so the
+# agent's own conditions are never flattened into it or pushed below its filter, and run only on the rows the
+# filter let through (an error, or its absence, can tell nothing about a hidden row). PostgreSQL neither pulls up
+# nor pushes quals into a subquery with OFFSET (subquery_is_pushdown_safe); MariaDB/MySQL merge no derived table
+# with LIMIT and push no condition into one; SQLite neither flattens (the outer query has a LIMIT too) nor
+# pushes WHERE terms down into a subquery with LIMIT. tests/test_attacks_sqlmode_rowfilter.py shows each with
+# error oracles and EXPLAIN.
+_FENCES: dict[str, tuple[str, int]] = {"postgres": ("offset", 0), "mysql": ("limit", 18446744073709551615),
+                                       "sqlite": ("limit", 9223372036854775807)}
+
+
+def _fenced(inner: exp.Select, dialect: str) -> exp.Select:
+    clause, value = _FENCES.get(dialect, ("", 0))
+    if clause == "offset":
+        return inner.offset(value)
+    if clause == "limit":
+        return inner.limit(value)
+    # A dialect we cannot show to keep the filter first: refuse rather than risk it.
+    raise BadRequest("SQL mode cannot read a row-filtered dataset on this source")
 
 
 _COMPARISONS: dict[str, type[exp.Binary]] = {"=": exp.EQ, "!=": exp.NEQ, "<": exp.LT, "<=": exp.LTE,

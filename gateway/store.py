@@ -60,6 +60,11 @@ audit = Table(
     Column("masked", Text),
     Column("transport", String(16)),
     Column("row_filter", Text),
+    # Added later, nullable: _add_new_columns gives them to an older store, whose records keep verifying.
+    Column("token_id", Text),
+    Column("client", Text),
+    Column("user_agent", Text),
+    Column("trace_id", String(32)),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ix_audit_time", "time"),
@@ -103,6 +108,8 @@ anchor = Table(
     Column("before", DateTime(timezone=True), nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
     Column("signature", String(64)),
+    # Added later, nullable: the id of the last prune's own audit record (who pruned, and how many records).
+    Column("record_id", BigInteger),
 )
 
 meta = Table(
@@ -138,6 +145,11 @@ approvals = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("query", Text),
     Column("request_id", String(64)),
+    # Added later, nullable (an older store gains them at start): what an approval is bound to besides its
+    # agent and dataset, and the operating-system user who decided on the command line.
+    Column("body_sha256", String(64)),  # SHA-256 of the body as submitted, canonicalised (gateway/approvals.py)
+    Column("on_behalf_of", Text),  # the token's on_behalf_of when it was asked
+    Column("decided_os_user", Text),
     Index("ix_approvals_status", "status"),
 )
 

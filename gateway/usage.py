@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit import parse_time
 from gateway.config import CostSettings
 from gateway.store import audit as audit_table
+from gateway.textsafe import terminal
 
 # The audit actions of the data API (admin acts such as revoke, reload, read_audit are not usage).
 DATA_ACTIONS = ("read", "list", "describe", "sql")
@@ -88,7 +89,7 @@ def table(units: list[Usage], by: str, cost: CostSettings) -> list[str]:
     head = [UNITS[by][1], "requests", "rows", "bytes", "source_ms"] + (["cost"] if cost.priced else [])
     lines: list[list[str]] = []
     for u in units:
-        row = [u.key if u.key is not None else "(none)", str(u.requests), str(u.rows), str(u.bytes),
+        row = [terminal(u.key) if u.key is not None else "(none)", str(u.requests), str(u.rows), str(u.bytes),
                f"{u.source_ms:.1f}"]
         if cost.priced:
             row.append(f"{cost.cost(u.requests, u.rows, u.source_ms):.6f}")

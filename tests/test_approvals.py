@@ -1,10 +1,12 @@
 """Human approval on datasets with approval = "required": 202 with an approval id, decided through
-the admin API or the command line, bound to one agent and one dataset, expiring after the TTL."""
+the admin API or the command line, bound to one agent, dataset and body, expiring after the TTL
+(the attacks on that binding and on self-approval: tests/test_attacks_approvals.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -21,9 +23,10 @@ GUARDED = (DATASETS.replace('max_rows = 25\n', 'max_rows = 25\napproval = "requi
            .replace('owner = "sales-ops@example.com"\n', 'owner = "sales-ops@example.com"\napproval = "required"\n'))
 
 
-def query(client: TestClient, agent: str, approval: str | None = None, dataset: str = "customers") -> Any:
+def query(client: TestClient, agent: str, approval: str | None = None, dataset: str = "customers",
+          body: dict[str, Any] | None = None) -> Any:
     headers = bearer(agent) | ({"X-Approval-Id": approval} if approval else {})
-    return client.post(f"/v1/datasets/{dataset}/query", headers=headers, json={"limit": 2})
+    return client.post(f"/v1/datasets/{dataset}/query", headers=headers, json={"limit": 2} if body is None else body)
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -94,7 +97,7 @@ def test_approvals_from_the_command_line_across_replicas_and_expiry(tmp_path: Pa
                              extra="[approvals]\nttl_seconds = 2\n")
     with client_for(config) as a, client_for(config) as b:
         aid = query(a, "support-bot").json()["approval_id"]
-        refused = query(b, "support-bot").json()["approval_id"]
+        refused = query(b, "support-bot", body={"limit": 1}).json()["approval_id"]  # another body: its own
         listed = cli(config, "approvals", "list")
         assert listed.returncode == 0, listed.stderr
         assert aid in listed.stdout and refused in listed.stdout and "maria.keller@example.com" in listed.stdout
@@ -107,14 +110,15 @@ def test_approvals_from_the_command_line_across_replicas_and_expiry(tmp_path: Pa
 
         served = query(b, "support-bot", aid)  # decided on the command line, served by another replica
         assert served.status_code == 200
-        assert query(a, "support-bot", refused).status_code == 403
+        assert query(a, "support-bot", refused, body={"limit": 1}).status_code == 403  # denied
         time.sleep(2.1)
         expired = query(a, "support-bot", aid)
         assert expired.status_code == 403 and "expired" in expired.json()["error"]["message"]
 
         records = a.get("/admin/v1/audit?agent=support-bot&limit=20", headers=bearer("alice")).json()["records"]
         served_record = next(r for r in records if r["status"] == 200)
-        assert served_record["approved_by"] == "maria.keller@example.com"
+        account = pwd.getpwuid(os.getuid()).pw_name  # recorded beside the name given
+        assert served_record["approved_by"] == f"maria.keller@example.com (os: {account})"
         acts = [r for r in a.get("/admin/v1/audit?limit=50", headers=bearer("alice")).json()["records"]
                 if r["action"] in ("approve", "deny")]
         assert sorted((r["action"], r["agent"].startswith("cli:")) for r in acts) == [

@@ -246,10 +246,13 @@ def test_canonical_bytes_are_jsons_whatever_the_content() -> None:
         rec = audit.AuditRecord(time=START + dt.timedelta(microseconds=rng.randint(0, 10**12)), request_id=f"r{i}",
                                 action="read", decision="allow", status=200, agent=text, query=text[::-1],
                                 rows=rng.choice([None, 0, 2**63 - 1, 2**64, -5]), duration_ms=rng.choice(floats),
-                                source_ms=rng.choice([None, *floats]), row_filter=rng.choice([None, text]))
+                                source_ms=rng.choice([None, *floats]), row_filter=rng.choice([None, text]),
+                                token_id=rng.choice([None, text]), client=rng.choice([None, "10.0.0.1", text]),
+                                user_agent=rng.choice([None, text[::-1]]), trace_id=rng.choice([None, "ab" * 16]))
         body = rec.to_dict()
         del body["hash"]
-        if body["row_filter"] is None:
-            del body["row_filter"]
+        for name in audit.LATER_FIELDS:  # fields added later are left out while null
+            if body[name] is None:
+                del body[name]
         expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert audit.canonical(rec) == expected.encode("utf-8", "surrogatepass"), (text, rec)

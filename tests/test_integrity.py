@@ -178,7 +178,7 @@ def test_cli_checkpoint_prune_and_verify(tmp_path: Path, sqlite_source: str) -> 
     cp = agentgate("audit", "checkpoint")
     assert cp.returncode == 0 and cp.stdout.startswith("agentgate-checkpoint:8:")
     token = cp.stdout.strip()
-    done = agentgate("audit", "prune", "--before", "2026-01-15")
+    done = agentgate("audit", "prune", "--before", "2026-01-15", "--yes")
     assert done.returncode == 0 and "pruned 4 records" in done.stdout
     ok = agentgate("audit", "verify", "--checkpoint", token)
     assert ok.returncode == 0 and ok.stdout.startswith("ok 5 records"), ok.stdout + ok.stderr

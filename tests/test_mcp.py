@@ -125,7 +125,9 @@ def test_mcp_tools_go_through_the_core(tmp_path: Path, sqlite_source: str) -> No
         hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
         mcp_headers = {"Accept": "application/json, text/event-stream"}
         refused = http.post("/mcp", json=hello, headers=mcp_headers)
-        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+        # A JSON-RPC error to the request's id, the core's error body as its data (what an MCP client shows).
+        assert refused.status_code == 401 and refused.json()["id"] == 1
+        assert refused.json()["error"]["data"]["error"]["code"] == "unauthenticated"
         assert refused.headers["www-authenticate"].startswith("Bearer")
         bad = http.post("/mcp", json=hello, headers={**mcp_headers, "Authorization": "Bearer nope"})
         assert bad.status_code == 401
@@ -137,7 +139,7 @@ def test_mcp_tools_go_through_the_core(tmp_path: Path, sqlite_source: str) -> No
                                                                               "reason": "test"})
         assert r.status_code == 201
         gone = http.post("/mcp", json=hello, headers={**mcp_headers, **bearer("support-bot")})
-        assert gone.status_code == 403 and gone.json()["error"]["code"] == "forbidden"
+        assert gone.status_code == 403 and gone.json()["error"]["data"]["error"]["code"] == "forbidden"
         assert "revoked" in gone.json()["error"]["message"]
 
         async def revoked_client() -> None:

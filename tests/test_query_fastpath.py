@@ -15,20 +15,20 @@ from tests.conftest import bearer, client_for
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/datasets/customers/query", {"json": {"limit": 3}, "headers": bearer("support-bot")}),
-    ("/v1/datasets/customers/query", {"json": {"limit": 2}, "headers": bearer("analyst")}),  # email masked
-    ("/v1/datasets/customers/query", {"json": {"limit": 2}, "headers": {**bearer("analyst"),
+    ("/v1/datasets/customers/query", {"json": {"limit": 2}, "headers": bearer("analyst-bot")}),  # email masked
+    ("/v1/datasets/customers/query", {"json": {"limit": 2}, "headers": {**bearer("analyst-bot"),
                                                                         "X-Work-Unit": "ticket-7"}}),
-    ("/v1/datasets/customers/query", {"json": {"limit": 0}, "headers": bearer("analyst")}),  # 400
-    ("/v1/datasets/customers/query", {"content": b"not json", "headers": bearer("analyst")}),
-    ("/v1/datasets/customers/query", {"content": b"", "headers": bearer("analyst")}),
+    ("/v1/datasets/customers/query", {"json": {"limit": 0}, "headers": bearer("analyst-bot")}),  # 400
+    ("/v1/datasets/customers/query", {"content": b"not json", "headers": bearer("analyst-bot")}),
+    ("/v1/datasets/customers/query", {"content": b"", "headers": bearer("analyst-bot")}),
     ("/v1/datasets/customers/query", {"json": {"limit": 1}}),  # 401
     ("/v1/datasets/customers/query", {"json": {"limit": 1}, "headers": {"Authorization": "Bearer x.y.z"}}),
-    ("/v1/datasets/nope/query", {"json": {"limit": 1}, "headers": bearer("analyst")}),  # 403
+    ("/v1/datasets/nope/query", {"json": {"limit": 1}, "headers": bearer("analyst-bot")}),  # 403
     ("/v1/datasets/orders/query", {"json": {"limit": 1}, "headers": bearer("support-bot")}),
-    ("/v1/datasets/customers/query", {"content": b"{" + b" " * 300_000 + b"}", "headers": bearer("analyst")}),
+    ("/v1/datasets/customers/query", {"content": b"{" + b" " * 300_000 + b"}", "headers": bearer("analyst-bot")}),
     # Streamed in chunks with no Content-Length: bounded as it arrives.
-    ("/v1/datasets/customers/query", {"content": [b'{"limit"', b": 1}"], "headers": bearer("analyst")}),
-    ("/v1/datasets/customers/query", {"content": [b"{" + b" " * 200_000] * 2, "headers": bearer("analyst")}),
+    ("/v1/datasets/customers/query", {"content": [b'{"limit"', b": 1}"], "headers": bearer("analyst-bot")}),
+    ("/v1/datasets/customers/query", {"content": [b"{" + b" " * 200_000] * 2, "headers": bearer("analyst-bot")}),
 ]
 
 
@@ -77,5 +77,5 @@ def test_only_the_exact_route_takes_the_fast_path(scope: dict[str, Any]) -> None
 
 
 def test_other_methods_on_the_query_route_still_refuse(fast: TestClient) -> None:
-    got = fast.get("/v1/datasets/customers/query", headers=bearer("analyst"))
+    got = fast.get("/v1/datasets/customers/query", headers=bearer("analyst-bot"))
     assert got.status_code == 405 and got.headers["allow"] == "POST"

@@ -129,7 +129,8 @@ def test_a_missing_claim_is_refused_not_widened(gw: TestClient) -> None:
 def test_an_agent_no_filter_applies_to_reads_nothing_and_is_not_offered_the_dataset(gw: TestClient) -> None:
     got = read(gw, "other-bot", {}, region="DE")
     assert got.status_code == 403
-    assert "no row filter" in got.json()["error"]["message"]
+    # Answered as a dataset that does not exist: it is not listed to this agent either.
+    assert got.json()["error"]["message"] == "not allowed: the dataset does not exist or this agent may not read it"
     assert "no row filter" in last_record(gw, "other-bot")["reason"]
     assert gw.get("/v1/datasets/customers", headers=bearer("other-bot")).status_code == 403
     assert gw.get("/v1/datasets", headers=bearer("other-bot")).json()["datasets"] == []

@@ -28,7 +28,7 @@ async def audit_record(request: Request) -> Response:
 
 
 async def audit_verify(request: Request) -> Response:
-    return await handle(request, "audit_verify", "GET")
+    return await handle(request, "audit_verify", "GET", params=dict(request.query_params))
 
 
 async def audit_activity(request: Request) -> Response:

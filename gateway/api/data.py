@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import caller
 from gateway.api.http import new_request_id, raw_json, read_asgi_body, read_body
 from gateway.core import Answer, Gateway, ReadRequest
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
@@ -42,15 +43,19 @@ async def handle(request: Request, operation: str, method: str, dataset: str | N
     if request.method in ("POST", "PUT", "PATCH"):
         body, too_large = await read_body(request, request.app.state.settings.server.max_body_bytes)
     headers = request.headers
+    who = caller.from_scope(request.scope, request.app.state.proxies)
     answer = await gateway.handle(ReadRequest(
         request_id=request_id, operation=operation, authorization=headers.get("authorization"),
         dataset=dataset, body=body, body_too_large=too_large, work_unit=headers.get("x-work-unit") or None,
-        approval_id=headers.get("x-approval-id") or None, route_error=route_error, params=params or {}))
+        approval_id=headers.get("x-approval-id") or None, route_error=route_error, params=params or {},
+        client=who.client, user_agent=who.user_agent, trace_id=who.trace_id))
     return _response(answer, request_id)
 
 
-# The request headers the data routes read; the first of several wins, as with Starlette's Headers.get.
-_READ_HEADERS = frozenset({b"authorization", b"x-work-unit", b"x-approval-id", b"content-length"})
+# The request headers the data routes read; the first of several wins, as with Starlette's Headers.get (but
+# X-Forwarded-For, whose several headers are one list).
+_READ_HEADERS = frozenset({b"authorization", b"x-work-unit", b"x-approval-id", b"content-length", b"user-agent",
+                           b"traceparent"})
 
 
 def query_route(scope: Scope) -> str | None:
@@ -71,15 +76,21 @@ async def query_asgi(state: Any, name: str, scope: Scope, receive: Receive, send
     per-message send wrappers (a tenth of the gateway's CPU per read, measured by bench/read_path.py)."""
     request_id = new_request_id()
     headers: dict[bytes, str] = {}
+    forwarded: list[str] = []
     for key, value in scope["headers"]:
         if key in _READ_HEADERS and key not in headers:
             headers[key] = value.decode("latin-1")
+        elif key == b"x-forwarded-for":
+            forwarded.append(value.decode("latin-1"))
     body, too_large = await read_asgi_body(receive, state.settings.server.max_body_bytes,
                                            headers.get(b"content-length"))
+    who = caller.caller(caller.peer_of(scope), state.proxies, forwarded_for=",".join(forwarded) or None,
+                        user_agent=headers.get(b"user-agent"), traceparent=headers.get(b"traceparent"))
     answer = await state.gateway.handle(ReadRequest(
         request_id=request_id, operation="query", authorization=headers.get(b"authorization"), dataset=name,
         body=body, body_too_large=too_large, work_unit=headers.get(b"x-work-unit") or None,
-        approval_id=headers.get(b"x-approval-id") or None))
+        approval_id=headers.get(b"x-approval-id") or None, client=who.client, user_agent=who.user_agent,
+        trace_id=who.trace_id))
     await _response(answer, request_id)(scope, receive, send)
 
 

@@ -19,6 +19,10 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     holder = state.policies
     body: dict[str, object] = {"status": "ready"}
+    # The last check of the audit chain. A broken chain leaves the status as it is: the gateway still records
+    # every request (on after the break), and taking every replica out of rotation would turn a tampered
+    # store into an outage. It is for people and alerts (this detail, /metrics, the log), not balancers.
+    body["audit_chain"] = state.gateway.chain.summary()
     if holder.refused:
         # The last good policy still serves; say what was refused and why.
         body["refused"] = holder.refused

@@ -17,17 +17,21 @@ import datetime as dt
 import json
 import re
 import secrets
+import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway import caller
 from gateway.api.http import new_request_id, read_body
 from gateway.core import Answer, Gateway, ReadRequest
+from gateway.textsafe import multiline
 from gateway.web import chart
 
 COOKIE = "agentgate_review"
@@ -39,7 +43,17 @@ DECISIONS = ("allow", "deny", "pending", "error")
 # What a JWT (or any token a cookie can carry unquoted) is made of.
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
-templates = Environment(loader=PackageLoader("gateway.web", "templates"), autoescape=True,
+
+def _shown(value: Any) -> Any:
+    """Every value a template prints, with control and format characters as escapes (a bidi override would show
+    an agent's name reversed; gateway/textsafe.py), its line breaks kept. HTML escaping comes after, as ever."""
+    if isinstance(value, str):
+        shown = multiline(value)
+        return Markup(shown) if isinstance(value, Markup) else shown
+    return value
+
+
+templates = Environment(loader=PackageLoader("gateway.web", "templates"), autoescape=True, finalize=_shown,
                         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -62,7 +76,18 @@ def _pretty(value: Any) -> str:
     return str(value)
 
 
+def _num(value: Any) -> str:
+    """1240 -> 1,240; 300.0 -> 300"""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int | float) else str(value)
+
+
 templates.filters["short_time"] = _short_time
+templates.filters["num"] = _num
+# A value shown inside a command to copy (a token id, an agent name): quoted for the shell, so that whatever a
+# token carried cannot become a second command when pasted.
+templates.filters["shell"] = shlex.quote
 templates.filters["pretty"] = _pretty
 
 
@@ -82,9 +107,11 @@ async def _call(request: Request, token: str, operation: str, params: Mapping[st
     """One request through the one read path, as the signed-in reviewer, recorded with transport web."""
     gateway: Gateway = request.app.state.gateway
     request_id = new_request_id()
+    who = caller.from_scope(request.scope, request.app.state.proxies)
     answer = await gateway.handle(ReadRequest(request_id=request_id, operation=operation,
                                               authorization=f"Bearer {token}", transport="web",
-                                              params=dict(params)))
+                                              params=dict(params), client=who.client, user_agent=who.user_agent,
+                                              trace_id=who.trace_id))
     return request_id, answer
 
 
@@ -190,7 +217,8 @@ async def dashboard(request: Request, token: str) -> Response:
     trail = await _ask(request, token, "read_audit", params)
     window: dict[str, str] = {k: filters[k] for k in ("since", "until") if k in filters}
     activity = await _ask(request, token, "audit_activity", window)
-    # Each view checks only what was added since the last check; a full walk of the trail on demand.
+    # Each view checks only what was added since the last check (a full walk on demand); the page says which
+    # records that was, beside the last full check's verdict (run in the background every verify_seconds).
     full = query.get("full_check") == "1"
     verify = await _ask(request, token, "audit_verify", {} if full else {"incremental": "1"})
     next_cursor = trail.get("next_cursor")
@@ -201,7 +229,9 @@ async def dashboard(request: Request, token: str) -> Response:
         decisions=DECISIONS,
         chart=chart.build(activity),
         window_default=not window,
-        verify=verify,
+        chain=verify,
+        checked=verify.get("checked"),
+        pruned=verify.get("pruned"),  # where the trail starts after a prune, or None
         paged=bool(cursor),
         older_url=f"/admin/?{urlencode({**filters, 'cursor': next_cursor})}" if next_cursor else None,
         newest_url=f"/admin/?{urlencode(filters)}" if filters else "/admin/",
@@ -223,8 +253,11 @@ async def record(request: Request, token: str) -> Response:
         ds = policy.catalog.get(name) if policy is not None and name else None
         if ds is not None:
             owners.append((ds.name, ds.owner))
+    # The chain's last verdict, kept in memory by this process (this view itself was authorised by the core).
+    chain = request.app.state.gateway.chain.status()
     return _render(request, "record.html", record=rec, json_fields=("query", "columns", "masked"),
-                   mono_fields=("request_id", "response_sha256", "prev_hash", "hash"), owners=owners)
+                   mono_fields=("request_id", "response_sha256", "prev_hash", "hash", "token_id", "trace_id"),
+                   owners=owners, chain=chain, checked=None)
 
 
 @signed_in
