@@ -15,6 +15,9 @@ OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "like", "is null",
 NULL_OPERATORS = ("is null", "is not null")
 LIST_OPERATORS = ("in", "not in")
 MAX_LIST_VALUES = 1000
+# Values one query may bind in all (every `in` list and every other term's value together): the work of checking,
+# binding and sending them stays bounded whatever the body holds.
+MAX_BOUND_VALUES = 1000
 
 # A whole-row reference (SQL mode on PostgreSQL) comes back as the list of its fields.
 JSONValue = None | bool | int | float | str | list["JSONValue"]
@@ -43,6 +46,17 @@ class TableQuery:
     after: Any = None  # a position a previous Page returned, or None for the first page
     # Rows the reader may see at all (row filters): any of these ANDed groups; None for every row.
     scope: Sequence[Sequence[Filter]] | None = None
+
+
+def bound_values(filters: Sequence[Filter]) -> int:
+    """How many values `filters` bind: one per list item, one per other valued term, none for a null test."""
+    n = 0
+    for f in filters:
+        if f.op in LIST_OPERATORS and isinstance(f.value, list):
+            n += len(f.value)
+        elif f.op not in NULL_OPERATORS:
+            n += 1
+    return n
 
 
 @dataclass(frozen=True, slots=True)

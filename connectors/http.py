@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -52,7 +53,8 @@ def confine(raw_path: str) -> str:
 
     Refused: `.`/`..` segments in any encoding, encoded or literal backslashes, encoded slashes, empty
     segments (`//host`), a scheme (`http:`), control characters and NUL — so the result always stays under
-    the prefix it is appended to."""
+    the prefix it is appended to. Each segment is checked in every reading an upstream server might make of
+    it (see _readings): percent-decoded again, NFKC-normalised, path parameters (`;...`) dropped."""
     if _has_control(raw_path) or "\\" in raw_path or any(ord(ch) > 0x7E for ch in raw_path):
         raise InvalidQuery("the path holds characters a path may not hold")
     if raw_path.startswith("/") or _SCHEME.match(raw_path) or _SCHEME.match(unquote(raw_path)):
@@ -62,23 +64,60 @@ def confine(raw_path: str) -> str:
     for i, seg in enumerate(segments):
         if seg == "" and i != len(segments) - 1:
             raise InvalidQuery("empty path segments are refused")
-        decoded = seg
-        for _ in range(4):  # undo double (and deeper) encodings too, and check every stage
-            if decoded in (".", "..") or "/" in decoded or "\\" in decoded or _has_control(decoded):
+        for form in _readings(seg):
+            if _leaves(form):
                 raise InvalidQuery("the path may not leave the dataset (dot segments, encoded slashes)")
-            try:
-                nxt = unquote(decoded, errors="strict") if "%" in decoded else decoded
-            except UnicodeDecodeError:
-                raise InvalidQuery("the path is not valid percent-encoded UTF-8") from None
-            if nxt == decoded:
-                break
-            decoded = nxt
-        else:
-            raise InvalidQuery("the path is encoded too many times")
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded or _has_control(decoded):
-            raise InvalidQuery("the path may not leave the dataset (dot segments, encoded slashes)")
+            if i == 0 and _SCHEME.match(form):
+                raise InvalidQuery("the path must be relative to the dataset; absolute URLs are refused")
         out.append(quote(unquote(seg), safe=_SEGMENT_SAFE))
     return "/".join(out)
+
+
+# Readings of a segment: each round percent-decodes and NFKC-normalises every form found so far (servers do
+# either, in either order: `%EF%BC%8E` is a full-width dot once decoded, `.` once normalised). A segment still
+# changing after this many rounds is refused as encoded too many times.
+_READING_ROUNDS = 8
+# Read as separators or dots by some server or platform though NFKC keeps them (division and fraction slashes,
+# big solidi, set minus: best-fit code-page mappings; ideographic full stops: IDNA-style dot folding).
+_SLASH_LIKE = frozenset("/\\\u2215\u2044\u29f8\u29f9\u2216")
+_DOT_LIKE = str.maketrans({"\u3002": ".", "\uff61": "."})
+
+
+def _readings(segment: str) -> set[str]:
+    """`segment` and every form an upstream might turn it into (see _READING_ROUNDS), or InvalidQuery when a
+    form is not valid percent-encoded UTF-8 or the forms do not settle."""
+    seen = {segment}
+    frontier = [segment]
+    for _ in range(_READING_ROUNDS):
+        found = []
+        for form in frontier:
+            for other in (unicodedata.normalize("NFKC", form), _decoded(form)):
+                if other not in seen:
+                    seen.add(other)
+                    found.append(other)
+        if not found:
+            return seen
+        frontier = found
+    raise InvalidQuery("the path is encoded too many times")
+
+
+def _decoded(form: str) -> str:
+    if "%" not in form:
+        return form
+    try:
+        return unquote(form, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidQuery("the path is not valid percent-encoded UTF-8") from None
+
+
+def _leaves(form: str) -> bool:
+    """Whether a reading of a segment could take the path elsewhere: a separator or a control character in it,
+    or, once its path parameters are dropped (Tomcat, Jetty and Spring read `..;x` as `..`), a run of dots
+    (Windows reads `...` as `..`) or nothing at all (`;x` as an empty segment)."""
+    if any(ch in _SLASH_LIKE or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in form):
+        return True
+    base = form.split(";", 1)[0].translate(_DOT_LIKE).strip()
+    return base.strip(".") == "" if base else ";" in form
 
 
 def clean_query(raw_query: str) -> str:
@@ -119,7 +158,11 @@ class HttpConnector:
     async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None) -> HttpAnswer:
         url = self.url_for(prefix, raw_path, raw_query)
         headers = {"User-Agent": "agentgate"}
-        if accept and not _has_control(accept):
+        if accept:
+            # Sent as it came, so it must be what a header may carry: visible ASCII, spaces and tabs. httpx encodes
+            # header values as ASCII (a latin-1 `é` failed there, a 500); a control character could split it.
+            if not all(" " <= ch <= "~" or ch == "\t" for ch in accept):
+                raise InvalidQuery("the Accept header may hold only visible ASCII characters")
             headers["Accept"] = accept
         headers.update(self._headers)  # the source's own credentials; never the agent's
         started = time.perf_counter()
@@ -138,7 +181,8 @@ class HttpConnector:
         response = await self._client.send(request, stream=True)
         try:
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_bytes:
+            # ASCII digits only ('²'.isdigit() is true, int('²') raises), and no int() of 5,000 of them.
+            if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
                 raise ResponseTooLarge(f"source {self.name!r} answered {declared} bytes, over the "
                                        f"{self.max_bytes}-byte cap")
             chunks: list[bytes] = []

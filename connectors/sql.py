@@ -19,19 +19,24 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     MetaData,
     Numeric,
+    String,
     Table,
+    all_,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -42,12 +47,15 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import compiler
 from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.types import NullType, TypeEngine
 
 from connectors.base import (
     LIST_OPERATORS,
+    MAX_BOUND_VALUES,
     MAX_LIST_VALUES,
     ColumnInfo,
     Filter,
@@ -59,7 +67,9 @@ from connectors.base import (
     SourceTimedOut,
     SourceUnavailable,
     TableQuery,
+    bound_values,
 )
+from connectors.cache import SizedCache
 
 # Errors by which a server says "your statement ran out of time".
 _TIMEOUT_MARKERS = ("statement timeout", "canceling statement", "max_statement_time", "interrupted")
@@ -116,10 +126,8 @@ def seed_sqlite(url: str, seed: Path) -> bool:
 
 
 class _PgReader:
-    """Runs SQLAlchemy-built SELECTs on an asyncpg pool: compiled once per query shape, executed as a
-    prepared statement."""
-
-    _CACHE_LIMIT = 500
+    """Runs SQLAlchemy-built SELECTs on an asyncpg pool, each compiled once per query shape (the connector keeps
+    the compiled form with the shape's statement), executed as a prepared statement."""
 
     def __init__(self, engine: AsyncEngine, timeout_seconds: float, pool_size: int):
         self._engine = engine
@@ -128,7 +136,6 @@ class _PgReader:
         self._size = pool_size
         self._pool: Any = None
         self._lock = asyncio.Lock()
-        self._compiled: dict[Any, Any] = {}
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
@@ -143,14 +150,12 @@ class _PgReader:
                         reset=_keep_session)
         return self._pool
 
-    async def fetch(self, shape: Any, stmt: Any, values: dict[str, Any]) -> list[Any]:
-        """Run `stmt` (one cached per query shape) with `values` for its named parameters."""
-        compiled = self._compiled.get(shape)
-        if compiled is None:
-            compiled = stmt.compile(dialect=self._dialect)
-            if len(self._compiled) >= self._CACHE_LIMIT:
-                self._compiled.clear()
-            self._compiled[shape] = compiled
+    def compile(self, stmt: Any) -> Any:
+        return stmt.compile(dialect=self._dialect)
+
+    async def fetch(self, compiled: Any, values: dict[str, Any], rows: int) -> list[Any]:
+        """Run `compiled` (one per query shape) with `values` for its named parameters, reading at most `rows`
+        rows (its LIMIT)."""
         params = compiled.construct_params(params=values)
         processors = compiled._bind_processors
         args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
@@ -158,11 +163,62 @@ class _PgReader:
         # No timeout of the pool's own: the caller's bounds the wait for a connection and the read together
         # (asyncpg would run the wait in a task of its own, created and scheduled on every read).
         async with pool.acquire() as conn:
-            return list(await conn.fetch(compiled.string, *args))
+            try:
+                if rows <= _BATCH_ROWS:
+                    return list(await conn.fetch(compiled.string, *args))
+                return (await _batched(conn, compiled.string, args, rows))[1]
+            except asyncpg.PostgresError:
+                raise  # the server's own refusal: the connection is as it was
+            except BaseException:
+                # Anything else (a value the driver could not encode, a read cancelled mid-way) may leave the
+                # connection mid-protocol: closed, never handed to the next read.
+                conn.terminate()
+                raise
+
+    async def select(self, statement: TextClause | str, limit: int) -> tuple[list[str], list[Any]]:
+        """A large SQL-mode read (already built and validated, its LIMIT written in it): its column names and at
+        most `limit` rows, read in batches as a large page is. The pool's sessions are read-only and time-limited
+        as the engine's are."""
+        if isinstance(statement, str):
+            sql, args = statement, []
+        else:  # row-filter values, bound as their columns' types
+            compiled: Any = statement.compile(dialect=self._dialect)
+            params = compiled.construct_params()
+            processors = compiled._bind_processors
+            sql = compiled.string
+            args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            try:
+                return await _batched(conn, sql, args, limit)
+            except asyncpg.PostgresError:
+                raise  # the server's own refusal: the connection is as it was
+            except BaseException:
+                conn.terminate()  # as in fetch
+                raise
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+
+# A page that may hold more rows than this is read in batches of this many (PostgreSQL).
+_BATCH_ROWS = 2_000
+
+
+async def _batched(conn: Any, sql: str, args: list[Any], limit: int) -> tuple[list[str], list[Any]]:
+    """The column names and (at most `limit`) rows of a large read, fetched a batch at a time through a cursor and
+    kept as tuples. asyncpg's records are tracked by the garbage collector, and 100,000 of them alive at once
+    make each full collection (a large read causes several) walk them all, 50-300 ms with the GIL held, during
+    which no request is served; tuples of plain values drop out of the collector's sight at its next pass."""
+    out: list[Any] = []
+    async with conn.transaction():  # a cursor lives in a transaction (read-only, as the session is)
+        prepared = await conn.prepare(sql)
+        columns = [attribute.name for attribute in prepared.get_attributes()]
+        cursor = await prepared.cursor(*args)
+        while len(out) < limit and (batch := await cursor.fetch(min(_BATCH_ROWS, limit - len(out)))):
+            out.extend(tuple(r) for r in batch)
+    return columns, out
 
 
 async def _keep_session(conn: Any) -> None:
@@ -179,8 +235,16 @@ class SqlConnector:
         self._timeout = timeout_seconds
         self._tables: dict[str, Table] = {}
         self._columns: dict[str, list[ColumnInfo]] = {}
-        self._shapes: dict[Any, tuple[Any, list[tuple[Column[Any], bool]] | None]] = {}
-        self._bools: dict[tuple[str, tuple[str, ...]], frozenset[int]] = {}  # MariaDB TINYINT(1) columns asked
+        # Statements by query shape, and the columns asked that are MariaDB TINYINT(1) (booleans), bounded by
+        # their estimated size as well as their number: no body makes them grow past their budget.
+        self._shapes: SizedCache[Any, _Shape] = SizedCache(_SHAPES_LIMIT, _SHAPES_BYTES, lambda _, v: v.size)
+        self._bools: SizedCache[tuple[str, tuple[str, ...]], frozenset[int]] = SizedCache(
+            _SHAPES_LIMIT, _BOOLS_BYTES, lambda k, _: 100 + 80 * len(k[1]))
+        # SQLAlchemy's own cache of compiled statements (used on every dialect but for PostgreSQL reads; SQL
+        # mode's statements too), likewise bounded by size rather than its default of 500 entries of any size.
+        self._compiled: SizedCache[Any, Any] = SizedCache(
+            _SHAPES_LIMIT, _COMPILED_BYTES, lambda _, v: _COMPILED_PER_CHAR * len(getattr(v, "string", "") or ""))
+        engine.sync_engine.update_execution_options(compiled_cache=self._compiled)
         # PostgreSQL reads skip SQLAlchemy's execution layer (a third of the gateway's CPU per read):
         # statements are still built and compiled by SQLAlchemy, then run on an asyncpg pool.
         self._pg = _PgReader(engine, timeout_seconds, pool_size) if engine.dialect.name == "postgresql" else None
@@ -205,16 +269,17 @@ class SqlConnector:
 
     async def fetch(self, query: TableQuery) -> Page:
         t = await self._table(query.table)
-        shape, stmt, keys, values = self._statement(t, query)
+        prepared, values = await self._statement(t, query)
+        keys = prepared.keys
         started = time.perf_counter()
         with self._reading(agent_sql=False):
             async with asyncio.timeout(self._timeout):
                 if self._pg is not None:
-                    raw = await self._pg.fetch(shape, stmt, values)
+                    raw = await self._pg.fetch(prepared.compiled, values, query.limit + 1)
                 else:
-                    async with self._engine.connect() as conn:
-                        result = await conn.execute(stmt, values)
-                        raw = list(result.fetchall())
+                    async with _connected(self._engine) as conn:
+                        result = await conn.execute(prepared.stmt, values)
+                        raw = await _fetched(result, query.limit + 1, len(query.columns))
         source_ms = (time.perf_counter() - started) * 1000
         more = len(raw) > query.limit
         raw = raw[: query.limit]
@@ -223,14 +288,7 @@ class SqlConnector:
         if bools is None:
             bools = self._bools[(query.table, tuple(query.columns))] = frozenset(
                 i for i, name in enumerate(query.columns) if _is_bool(t.columns[name]))
-            if len(self._bools) > _SHAPES_LIMIT:
-                self._bools.clear()
-        if bools:
-            rows = [{name: (bool(v) if i in bools and v is not None else _jsonable(v))
-                     for i, (name, v) in enumerate(zip(query.columns, r, strict=False))} for r in raw]
-        else:  # most values are JSON-ready as they come: no call for those
-            rows = [{name: v if type(v) in _PLAIN else _jsonable(v) for name, v in zip(query.columns, r, strict=False)}
-                    for r in raw]
+        rows = await in_slices(raw, n, lambda part: _rows(part, query.columns, bools))
         after: Any = None
         if more and raw:
             last = raw[-1]
@@ -256,14 +314,19 @@ class SqlConnector:
         started = time.perf_counter()
         with self._reading(agent_sql=True):
             async with asyncio.timeout(self._timeout):
-                async with self._engine.connect() as conn:
-                    if statement is not None:
-                        result = await conn.execute(statement)
-                    else:
-                        await conn.execution_options(no_parameters=True)
-                        result = await conn.exec_driver_sql(sql)
-                    columns = list(result.keys())
-                    raw = list(result.fetchmany(limit))
+                if self._pg is not None and limit > _BATCH_ROWS:
+                    # A large read on PostgreSQL: on the asyncpg pool, in batches (see _batched), not as
+                    # SQLAlchemy's driver adapter reads, every row at once.
+                    columns, raw = await self._pg.select(sql if statement is None else statement, limit)
+                else:
+                    async with _connected(self._engine) as conn:
+                        if statement is not None:
+                            result = await conn.execute(statement)
+                        else:
+                            await conn.execution_options(no_parameters=True)
+                            result = await conn.exec_driver_sql(sql)
+                        columns = list(result.keys())
+                        raw = await _fetched(result, limit, len(columns))
         source_ms = (time.perf_counter() - started) * 1000
         names: list[str] = []
         for name in columns:  # one key per column, even where a join repeats a name
@@ -272,14 +335,15 @@ class SqlConnector:
                 n += 1
                 unique = f"{name}_{n}"
             names.append(unique)
-        rows = [{name: _jsonable(v) for name, v in zip(names, r, strict=False)} for r in raw]
+        rows = await in_slices(raw, len(names), lambda part: _rows(part, names, frozenset()))
         return Page(columns=names, rows=rows, after=None, source_ms=source_ms)
 
     @contextlib.contextmanager
     def _reading(self, *, agent_sql: bool) -> Iterator[None]:
         """What the driver raises while a read runs, as the connector's errors: out of time (ours or the
-        server's) SourceTimedOut; the server refusing an agent's own SQL (SQL mode) SourceRefused; anything
-        else SourceUnavailable."""
+        server's) SourceTimedOut; a value the driver cannot send InvalidQuery; the server refusing an agent's own
+        SQL (SQL mode), or the driver unable to convert a value of its answer, SourceRefused; anything else
+        SourceUnavailable. Nothing a driver raises leaves as an unexpected exception (a 500)."""
         late = f"source {self.name!r} did not answer within {self._timeout:g}s"
         try:
             yield
@@ -287,13 +351,30 @@ class SqlConnector:
             raise SourceTimedOut(late) from None
         except asyncpg.QueryCanceledError as exc:
             raise SourceTimedOut(late) from exc
+        except asyncpg.PostgresError as exc:
+            if agent_sql:  # the server refusing an agent's statement read on the asyncpg pool (a large read)
+                said = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+                raise SourceRefused(f"source {self.name!r} refused the statement: {said}") from exc
+            if isinstance(exc, asyncpg.DataError):  # the server's class 22 (data exception): the value's fault
+                raise InvalidQuery("the request holds a value the source cannot take") from None
+            raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
+        except (UnicodeEncodeError, asyncpg.DataError):
+            # Text or a value the driver cannot send (checked before, in _coerce and SQL mode: a last line).
+            raise InvalidQuery("the request holds a value the source cannot take") from None
+        except (ValueError, OverflowError) as exc:
+            # A value the driver cannot convert, mostly of the answer (a date past year 9999, an interval past
+            # timedelta's range): an agent's own SQL asked for it; a table read met it in the data.
+            said = f"source {self.name!r}: the driver cannot convert a value: {type(exc).__name__}: {exc}"[:300]
+            if agent_sql:
+                raise SourceRefused(said) from exc
+            raise SourceUnavailable(said) from exc
         except DBAPIError as exc:
             if any(marker in str(exc.orig).lower() for marker in _TIMEOUT_MARKERS):
                 raise SourceTimedOut(late) from exc
             if agent_sql and not exc.connection_invalidated:
                 raise SourceRefused(f"source {self.name!r} refused the statement: {_short(exc)}") from exc
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc.orig).__name__}") from exc
-        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (SQLAlchemyError, OSError, asyncpg.InterfaceError) as exc:
             raise SourceUnavailable(f"source {self.name!r} failed: {type(exc).__name__}") from exc
 
     async def _bound(self, sql: str, binds: Mapping[str, tuple[str, str, Any]]) -> TextClause:
@@ -342,24 +423,51 @@ class SqlConnector:
             self._tables[table] = reflected
             return reflected
 
-    def _statement(self, t: Table, q: TableQuery) -> tuple[Any, Any, list[tuple[Column[Any], bool]] | None,
-                                                          dict[str, Any]]:
-        """(shape, statement, page keys, parameter values). Every value is checked and bound on every call;
-        the statement itself is built once per query shape (what is asked, without the values) and reused:
-        building one costs more than the rest of the read's own Python work."""
+    async def _statement(self, t: Table, q: TableQuery) -> tuple[_Shape, dict[str, Any]]:
+        """(the statement for `q`'s shape, its parameter values). Every value is checked and bound on every call;
+        the statement itself is built (and compiled) once per query shape — what is asked, without the values,
+        whatever the number of values in a list or the limit — and reused: building one costs more than the rest
+        of the read's own Python work. A large statement is built in a worker thread, never on the event loop."""
+        if bound_values(q.where) > MAX_BOUND_VALUES:
+            raise InvalidQuery(f"a query binds at most {MAX_BOUND_VALUES} values in all")
         dry = _Binds(self.dialect, build=False)
         self._build(t, q, dry)
         shape = (q.table, tuple(q.columns), tuple((f.column, f.op) for f in q.where), tuple(q.order_by),
                  None if q.scope is None else tuple(tuple((f.column, f.op) for f in g) for g in q.scope),
-                 q.limit, tuple(dry.kinds))
+                 tuple(dry.kinds))
         hit = self._shapes.get(shape)
         if hit is None:
-            built = _Binds(self.dialect, build=True)
-            hit = self._build(t, q, built)
-            if len(self._shapes) >= _SHAPES_LIMIT:
-                self._shapes.clear()
-            self._shapes[shape] = hit
-        return shape, hit[0], hit[1], dry.values
+            terms = len(q.columns) + len(q.where) + len(q.order_by) + sum(len(g) for g in q.scope or ())
+            if terms > _BUILD_ON_LOOP:
+                hit = await asyncio.to_thread(self._make, t, q, shape, sorted(dry.values))
+            else:
+                hit = self._make(t, q, shape, sorted(dry.values))
+        return hit, dry.values
+
+    def _make(self, t: Table, q: TableQuery, shape: Any, names: list[str]) -> _Shape:
+        """Build and compile the statement of a shape (its parameters named `names`), and keep it."""
+        stmt, keys = self._build(t, q, _Binds(self.dialect, build=True))
+        if self._pg is not None:
+            compiled = self._pg.compile(stmt)
+            made = _Shape(stmt, keys, compiled, (_STATEMENT_PER_CHAR + _COMPILED_PER_CHAR) * len(compiled.string))
+        else:
+            made = _Shape(stmt, keys, None, _STATEMENT_PER_CHAR * self._precompile(stmt, names))
+        self._shapes[shape] = made
+        return made
+
+    def _precompile(self, stmt: Any, names: list[str]) -> int:
+        """Compile `stmt` into SQLAlchemy's cache of compiled forms under the key executing it with parameters
+        `names` looks up, so that running it does not compile it on the event loop; the length of its SQL. This
+        uses SQLAlchemy's own (internal) entry point: should another release change it, the statement is
+        compiled when it runs instead, as before, and its size estimated from its parts."""
+        dialect = self._engine.dialect
+        try:
+            compiled = stmt._compile_w_cache(
+                dialect=dialect, compiled_cache=self._compiled, column_keys=names, for_executemany=False,
+                schema_translate_map=None, linting=dialect.compiler_linting | compiler.WARN_LINTING)[0]
+            return len(compiled.string)
+        except (AttributeError, TypeError):
+            return 40 * (len(stmt.selected_columns) + len(names) + 8)
 
     def _build(self, t: Table, q: TableQuery, b: _Binds) -> tuple[Any, list[tuple[Column[Any], bool]] | None]:
         """The statement for `q`, its values bound through `b`; with a dry `b` only the values are taken."""
@@ -375,6 +483,9 @@ class SqlConnector:
             keys = order + [(c, False) for c in pk if c.name not in named]
         else:
             keys = None  # no unique key to page on: fall back to an offset position
+        # The limit is a parameter too (one row more than asked, to know whether another page follows): any
+        # limit is the same shape.
+        limit = b.limit(q.limit + 1)
         offset: Any = None
         if q.after is not None:
             if keys is None:
@@ -405,7 +516,7 @@ class SqlConnector:
             stmt = stmt.offset(offset)
         if order_sql:
             stmt = stmt.order_by(*order_sql)
-        return stmt.limit(q.limit + 1), keys
+        return stmt.limit(limit), keys
 
     def _scope(self, t: Table, scope: Sequence[Sequence[Filter]], b: _Binds) -> Any:
         """Row filters: any of the groups, each an AND of conditions (an empty group is every row)."""
@@ -416,12 +527,34 @@ class SqlConnector:
         return or_(*[and_(*terms) if terms else true() for terms in groups]) if groups else false()
 
 
+# The caches of statements (by count, and by estimated bytes). Estimates, measured with tracemalloc: a statement
+# object holds about 15-40 bytes per character of its SQL, SQLAlchemy's compiled form about 40-95 (bench/abuse.py
+# shapes measures the gateway's memory over 1,000 large shapes).
 _SHAPES_LIMIT = 500
+_SHAPES_BYTES = 16 * 1024 * 1024
+_COMPILED_BYTES = 32 * 1024 * 1024
+_BOOLS_BYTES = 1024 * 1024
+_STATEMENT_PER_CHAR = 40
+_COMPILED_PER_CHAR = 100
+# A shape with more parts than this (columns, terms, order keys, row-filter terms) is built in a worker thread:
+# building and compiling one of 500 columns and 100 terms takes about 40 ms, which would hold the event loop.
+_BUILD_ON_LOOP = 48
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """A query shape's statement: built once, compiled once (on PostgreSQL: kept here; elsewhere SQLAlchemy keeps
+    it), with the keys its pages are positioned on and its estimated size."""
+
+    stmt: Any
+    keys: list[tuple[Column[Any], bool]] | None
+    compiled: Any
+    size: int
 
 
 class _Binds:
     """A statement's bound parameters: each value under a name that says where it stands (w0 the first
-    `where` term, w2_1 the second value of the third, s0_1 a row filter's, a1 a cursor key's, o the offset),
+    `where` term, its whole list for `in`; s0_1 a row filter's, a1 a cursor key's, o the offset, l the limit),
     so a statement built once per shape takes any request's values. With build False, only the values (and
     the kinds of binding they need, part of the shape) are taken."""
 
@@ -446,10 +579,47 @@ class _Binds:
         self.kinds.append((name, "col"))
         return bindparam(name, type_=col.type) if self.build else None
 
+    def bind_list(self, name: str, col: Column[Any], values: list[Any]) -> Any:
+        """`values` (already coerced for `col`) as one parameter, whatever their number: on PostgreSQL an array,
+        compared with `= ANY` / `<> ALL`; elsewhere an expanding parameter (SQLAlchemy writes one placeholder per
+        value when the statement runs, from the one compiled form). Either way 1 or 1,000 values are one shape."""
+        self.values[name] = values
+        item: TypeEngine[Any]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            kind, item = "ints", BigInteger()  # as BIGINT, as single values are
+        elif self.dialect == "postgresql" and all(isinstance(v, Decimal) for v in values):
+            kind, item = "decs", Numeric()  # unconstrained: numeric(p, s) would round them
+        else:
+            kind, item = "cols", col.type
+        self.kinds.append((name, kind))
+        if not self.build:
+            return None
+        if self.dialect != "postgresql":
+            return bindparam(name, type_=item, expanding=True)
+        return bindparam(name, type_=_array_of(item))
+
+    def limit(self, rows: int) -> Any:
+        self.values["l"] = rows
+        return bindparam("l", type_=BigInteger()) if self.build else None
+
     def offset(self, position: int) -> Any:
         self.values["o"] = position
         self.kinds.append(("o", "offset"))
         return bindparam("o", type_=BigInteger()) if self.build else None
+
+
+def _array_of(item: TypeEngine[Any]) -> TypeEngine[Any]:
+    """The PostgreSQL array type to bind a list of `item` values as. A text type loses its length, as single
+    values do (a cast to varchar(2)[] would cut 'DEX' to 'DE' and match it); a type that makes no array (an
+    array's, an unknown one) binds untyped, and PostgreSQL infers it from the column."""
+    if isinstance(item, NullType):
+        return NullType()
+    if item._type_affinity is String and getattr(item, "length", None):  # SQLAlchemy's own rule for single values
+        item = String()
+    try:
+        return ARRAY(item)
+    except (ValueError, TypeError, NotImplementedError):
+        return NullType()
 
 
 def _column(t: Table, name: str) -> Column[Any]:
@@ -501,12 +671,14 @@ def _condition(col: Column[Any], f: Filter, b: _Binds, name: str) -> Any:
         if any(v is None for v in f.value):
             # `x NOT IN (.., NULL)` matches no row at all: ask with 'is null' / 'is not null' instead.
             raise InvalidQuery(f"{op!r} on {col.name!r} takes no null; use 'is null' or 'is not null'")
-        params = [b.bind(f"{name}_{i}", col, _coerce(col, v)) for i, v in enumerate(f.value)]
+        param = b.bind_list(name, col, [_coerce(col, v) for v in f.value])
         if not b.build:
             return None
-        return col.in_(params) if op == "in" else col.not_in(params)
+        if b.dialect == "postgresql":
+            return col == any_(param) if op == "in" else col != all_(param)
+        return col.in_(param) if op == "in" else col.not_in(param)
     if op == "like":
-        if not isinstance(f.value, str) or "\x00" in f.value:
+        if not isinstance(f.value, str) or not _sendable(f.value):
             raise InvalidQuery(f"'like' on {col.name!r} takes a string pattern")
         if _python_type(col) is not str:
             raise InvalidQuery(f"'like' applies to text columns, not to {col.name!r} ({_type_name(col)})")
@@ -542,6 +714,18 @@ def _python_type(col: Column[Any]) -> type | None:
         return None
 
 
+class _BadValue(InvalidQuery):
+    """A value that does not fit its column. The message is made when it is read: making it compiles the column's
+    type (~0.4 ms), which would otherwise be paid for every good value of a list, 1,000 times over."""
+
+    def __init__(self, col: Column[Any], value: Any):
+        super().__init__()
+        self.col, self.value = col, value
+
+    def __str__(self) -> str:
+        return f"{self.value!r} is not a valid value for {self.col.name!r} ({_type_name(self.col)})"
+
+
 def _coerce(col: Column[Any], value: Any) -> Any:
     """A JSON value -> the Python value the driver binds for this column, or InvalidQuery."""
     if value is None:
@@ -549,7 +733,7 @@ def _coerce(col: Column[Any], value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise InvalidQuery(f"a value for {col.name!r} must be a string, number or boolean")
     kind = _python_type(col)
-    bad = InvalidQuery(f"{value!r} is not a valid value for {col.name!r} ({_type_name(col)})")
+    bad = _BadValue(col, value)
     try:
         if kind is bool:
             if not isinstance(value, bool):
@@ -571,7 +755,7 @@ def _coerce(col: Column[Any], value: Any) -> Any:
                 raise bad
             return number
         if kind is str:
-            if not isinstance(value, str) or "\x00" in value:  # no SQL text type holds NUL on every dialect
+            if not isinstance(value, str) or not _sendable(value):
                 raise bad
             return value
         if kind is dt.datetime:
@@ -593,12 +777,91 @@ def _coerce(col: Column[Any], value: Any) -> Any:
             return uuid.UUID(str(value))
     except (ValueError, InvalidOperation, TypeError, OverflowError):
         raise bad from None
-    if isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and _sendable(value)):
         return value
     raise bad
 
 
 _PLAIN = frozenset({type(None), bool, int, str})
+# The most values (rows x columns) a request's work on rows handles before it lets the event loop serve others:
+# 100,000 rows of 8 columns take about 0.8 s to make JSON-ready, which would hold the loop (other requests,
+# /healthz included, would wait); a slice of 5,000 values takes about 5 ms. Slices on the loop rather than a
+# worker thread: a thread busy in Python would take the GIL from the loop for up to 5 ms at each of its turns.
+CELLS_ON_LOOP = 5_000
+
+
+async def in_slices(items: Sequence[Any], columns: int, work: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
+    """`work` over `items` (rows of `columns` values each), a slice of at most CELLS_ON_LOOP values at a time, the
+    event loop free to run other tasks between slices."""
+    size = max(1, CELLS_ON_LOOP // max(1, columns))
+    if len(items) <= size:
+        return work(items)
+    out: list[Any] = []
+    for start in range(0, len(items), size):
+        if start:
+            await asyncio.sleep(0)
+        out.extend(work(items[start:start + size]))
+    return out
+
+
+async def _fetched(result: Any, limit: int, columns: int) -> list[Any]:
+    """At most `limit` rows of a SQLAlchemy result whose rows are in memory already (no server-side cursor), a
+    slice at a time (see in_slices): SQLAlchemy's work on each row is Python."""
+    size = max(1, CELLS_ON_LOOP // max(1, columns))
+    raw: list[Any] = []
+    while len(raw) < limit:
+        if raw:
+            await asyncio.sleep(0)
+        part = result.fetchmany(min(size, limit - len(raw)))
+        if not part:
+            break
+        raw.extend(part)
+    return raw
+
+
+def _rows(raw: Sequence[Any], columns: Sequence[str], bools: frozenset[int]) -> list[dict[str, JSONValue]]:
+    """The source's rows as JSON-ready dicts; `bools` the positions of MariaDB TINYINT(1) columns."""
+    if bools:
+        return [{name: (bool(v) if i in bools and v is not None else _jsonable(v))
+                 for i, (name, v) in enumerate(zip(columns, r, strict=False))} for r in raw]
+    # Most values are JSON-ready as they come: no call for those.
+    return [{name: v if type(v) in _PLAIN else _jsonable(v) for name, v in zip(columns, r, strict=False)} for r in raw]
+
+
+def _sendable(text: str) -> bool:
+    """Text every dialect's driver can send and column hold: no NUL (no SQL text type holds it everywhere) and no
+    lone surrogate (not UTF-8: asyncpg failed mid-protocol on one, leaving its connection unusable)."""
+    if text.isascii():
+        return "\x00" not in text
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection for one read, discarded rather than pooled again when the read fails other than by the
+    server's own refusal of the statement (a driver error mid-protocol, a value it could not encode, a read
+    cancelled by its timeout): its state is unknown, and one agent's bad input must not break the next agent's
+    read (asyncpg, handed a lone surrogate, answered every later statement on that connection with "another
+    operation is in progress")."""
+    async with engine.connect() as conn:
+        try:
+            yield conn
+        except BaseException as exc:
+            if not _server_refused(exc):
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+            raise
+
+
+def _server_refused(exc: BaseException) -> bool:
+    """Whether `exc` is the server's answer to a statement, after which its connection is as it was."""
+    return isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(exc, InterfaceError)
 
 
 def _jsonable(value: Any) -> JSONValue:

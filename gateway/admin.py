@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway import approvals, audit, integrity
+from gateway import approvals, audit, inputs, integrity
 from gateway.auth import Agent
 from gateway.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gateway.policy import Policy
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.core import Gateway, ReadRequest, Trace
 
 MAX_AUDIT_PAGE = 1000
+APPROVALS_PAGE, MAX_APPROVALS_PAGE = 100, 1000  # approvals listed per page: by default, and at most
 
 
 async def require(policy: Policy, agent: Agent, obj: str, act: str, trace: Trace) -> None:
@@ -31,10 +32,7 @@ async def require(policy: Policy, agent: Agent, obj: str, act: str, trace: Trace
 
 
 def _json_body(raw: bytes | None) -> dict[str, Any]:
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
+    data = inputs.json_body(raw or b"{}")
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
@@ -54,6 +52,9 @@ async def revoke(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
     if reason is not None and not isinstance(reason, str):
         raise BadRequest("'reason' must be a string")
     key, subject = targets[0]
+    if not inputs.holdable(subject) or (reason is not None and not inputs.holdable(reason)):
+        # No token can carry such a name (auth refuses them), and no store can hold it.
+        raise BadRequest(f"'{key}' and 'reason' may not hold NUL characters or lone surrogates")
     trace.query = json.dumps({key: subject, "reason": reason})
     if subject == (agent.name if key == "agent" else agent.jti):
         # An admin locking itself out by mistake (or a stolen admin token silencing its owner's session first)
@@ -72,12 +73,13 @@ async def restore(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
                   trace: Trace) -> tuple[int, dict[str, Any] | None]:
     await require(policy, agent, "admin:revocations", "write", trace)
     raw = req.params.get("id", "")
-    if not raw.isdigit():
-        raise NotFound(f"no active revocation {raw!r}")
-    lifted = await gw.revocations.restore(int(raw), agent.name)
+    rid = inputs.whole(raw, inputs.MAX_INT32)
+    if rid is None:
+        raise NotFound(f"no active revocation {raw[:64]!r}")
+    lifted = await gw.revocations.restore(rid, agent.name)
     if lifted is None:
-        trace.query = json.dumps({"id": int(raw)})
-        raise NotFound(f"no active revocation {raw}")
+        trace.query = json.dumps({"id": rid})
+        raise NotFound(f"no active revocation {rid}")
     trace.query = json.dumps({"id": lifted.id, "agent" if lifted.kind == "agent" else "jti": lifted.subject})
     return 204, None
 
@@ -103,16 +105,19 @@ def _audit_filter(params: Mapping[str, str]) -> tuple[audit.AuditFilter, int]:
         raise BadRequest("'since' and 'until' take ISO 8601 times such as 2026-01-31T12:00:00Z") from None
     if "decision" in p and p["decision"] not in audit.DECISIONS:
         raise BadRequest(f"'decision' is one of: {', '.join(audit.DECISIONS)}")
-    limit_text = p.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT_PAGE:
+    limit = inputs.whole(p.get("limit", "100"), MAX_AUDIT_PAGE)
+    if limit is None or limit < 1:
         raise BadRequest(f"'limit' is a whole number from 1 to {MAX_AUDIT_PAGE}")
-    cursor = p.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    before_id = inputs.whole(p["cursor"]) if "cursor" in p else None
+    if "cursor" in p and before_id is None:
         raise BadRequest("'cursor' is the next_cursor of a previous page")
+    texts = [k for k in ("agent", "dataset", "work_unit", "on_behalf_of") if k in p and not inputs.holdable(p[k])]
+    if texts:  # no record holds such a text (the trail stores U+FFFD for them): nothing to search for
+        raise BadRequest(f"{texts[0]!r} may not hold NUL characters or lone surrogates")
     f = audit.AuditFilter(agent=p.get("agent"), dataset=p.get("dataset"), decision=p.get("decision"), since=since,
                           until=until, work_unit=p.get("work_unit"), on_behalf_of=p.get("on_behalf_of"),
-                          before_id=int(cursor) if cursor else None)
-    return f, int(limit_text)
+                          before_id=before_id)
+    return f, limit
 
 
 async def read_audit(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
@@ -133,9 +138,10 @@ async def audit_record(gw: Gateway, req: ReadRequest, agent: Agent, policy: Poli
     await require(policy, agent, "admin:audit", "read", trace)
     raw = req.params.get("id", "")
     trace.query = json.dumps({"id": raw})
-    record = await audit.get_record(gw.store, int(raw)) if raw.isdigit() else None
+    rid = inputs.whole(raw)
+    record = await audit.get_record(gw.store, rid) if rid is not None else None
     if record is None:
-        raise NotFound(f"no audit record {raw}")
+        raise NotFound(f"no audit record {raw[:64]}")
     trace.rows = 1
     return 200, {"record": record.to_dict()}
 
@@ -173,7 +179,7 @@ async def audit_activity(gw: Gateway, req: ReadRequest, agent: Agent, policy: Po
     try:
         until = audit.parse_time(p["until"]) if p.get("until") else audit.now()
         since = audit.parse_time(p["since"]) if p.get("since") else until - dt.timedelta(hours=24)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a day before `until` is before year 1
         raise BadRequest("'since' and 'until' take ISO 8601 times") from None
     if since >= until:
         raise BadRequest("'since' must be before 'until'")
@@ -203,16 +209,26 @@ async def audit_export(gw: Gateway, req: ReadRequest, agent: Agent, policy: Poli
 async def list_approvals(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy,
                          trace: Trace) -> tuple[int, dict[str, Any] | None]:
     await require(policy, agent, "admin:approvals", "read", trace)
-    unknown = sorted(set(req.params) - {"status"})
+    unknown = sorted(set(req.params) - {"status", "limit", "before"})
     if unknown:
-        raise BadRequest(f"unknown parameter {unknown[0]!r} (expected status)")
+        raise BadRequest(f"unknown parameter {unknown[0][:60]!r} (expected status, limit, before)")
     status = req.params.get("status") or "pending"
     if status not in (*approvals.STATUSES, "all"):
         raise BadRequest(f"'status' is one of: {', '.join(approvals.STATUSES)}, all")
-    items = await approvals.listing(gw.store, None if status == "all" else status)
+    limit = inputs.whole(req.params.get("limit") or str(APPROVALS_PAGE), MAX_APPROVALS_PAGE)
+    if limit is None or limit < 1:
+        raise BadRequest(f"'limit' is a whole number from 1 to {MAX_APPROVALS_PAGE}")
+    before = req.params.get("before") or None
+    trace.query = json.dumps({"status": status, "limit": limit, "before": before})
+    if before is not None and (len(before) > 64 or not inputs.holdable(before)
+                               or await approvals.get(gw.store, before) is None):
+        raise BadRequest("'before' is the `next` of a previous page (an approval's id)")
+    # Newest first, one page at a time: a new request is never hidden behind old ones.
+    items = await approvals.listing(gw.store, None if status == "all" else status, limit + 1, before)
+    more = len(items) > limit
+    items = items[:limit]
     trace.rows = len(items)
-    trace.query = json.dumps({"status": status})
-    return 200, {"approvals": [a.to_dict() for a in items]}
+    return 200, {"approvals": [a.to_dict() for a in items], "next": items[-1].id if more else None}
 
 
 async def _decide(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace,
@@ -220,9 +236,11 @@ async def _decide(gw: Gateway, req: ReadRequest, agent: Agent, policy: Policy, t
     await require(policy, agent, "admin:approvals", "write", trace)
     aid = req.params.get("id", "")
     trace.query = json.dumps({"approval_id": aid})
-    decided = await approvals.decide(gw.store, aid, approve, agent.name, gw.approval_ttl)
+    # An id no approval can have (ids are 32 hex digits) is not looked up: the store may not even take it.
+    decided = (await approvals.decide(gw.store, aid, approve, agent.name, gw.approval_ttl)
+               if len(aid) <= 64 and inputs.holdable(aid) else None)
     if decided is None:
-        raise NotFound(f"no pending approval {aid!r}")
+        raise NotFound(f"no pending approval {aid[:64]!r}")
     trace.query = json.dumps({"approval_id": aid, "agent": decided.agent, "dataset": decided.dataset,
                               "by": agent.name})
     if approve:

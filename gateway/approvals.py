@@ -20,15 +20,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit import format_time, now
-from gateway.errors import Forbidden, Unavailable
+from gateway.errors import BudgetExceeded, Forbidden, Unavailable
 from gateway.store import approvals as table
 
 STATUSES = ("pending", "approved", "denied")
+# What an agent at its cap of pending approvals is told to wait before asking again: pending approvals do not
+# expire, a person has to decide some, so this is a pace, not a promise.
+CAP_RETRY_AFTER = 60
 # Marks the operating-system user in `decided_by`; refused in the name given, so it cannot be forged there.
 OS_MARK = "(os:"
 
@@ -124,11 +127,19 @@ def _unavailable(exc: Exception) -> Unavailable:
                        reason=f"approval store failed: {type(exc).__name__}")
 
 
+def _agent_lock(agent: str) -> int:
+    """The advisory lock key under which one agent's approvals are opened (PostgreSQL)."""
+    seed = hashlib.sha256(b"agentgate approvals\x00" + agent.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(seed[:8], "big", signed=True)
+
+
 async def open_request(engine: AsyncEngine, agent: str, dataset: str, owner: str | None, query: str | None,
-                       request_id: str | None = None, *, on_behalf_of: str | None = None) -> tuple[str, bool]:
+                       request_id: str | None = None, *, on_behalf_of: str | None = None,
+                       max_pending: int | None = None) -> tuple[str, bool]:
     """A pending approval for this request: (its id, True) when one was already open for the same agent, person
     on whose behalf, dataset and body; else a new one, (id, False). `query` is the body as submitted; it is
-    stored as bound (see binding), so the person deciding reads exactly what the approval covers."""
+    stored as bound (see binding), so the person deciding reads exactly what the approval covers. An agent
+    with `max_pending` approvals pending already opens no more: BudgetExceeded (429), until some are decided."""
     bound = binding(query)
     sha = digest(bound)
     aid = uuid.uuid4().hex
@@ -137,15 +148,24 @@ async def open_request(engine: AsyncEngine, agent: str, dataset: str, owner: str
             & ((table.c.on_behalf_of == on_behalf_of) if on_behalf_of is not None else table.c.on_behalf_of.is_(None)))
     try:
         async with engine.begin() as conn:
-            # One request at a time per binding, so two replicas asked at once do not open two (SQLite: the store
-            # engine's BEGIN IMMEDIATE already serialises writers).
+            # One request at a time per agent, so two replicas asked at once neither open two approvals for one
+            # request nor both take an agent's last place under the cap (SQLite: the store engine's BEGIN
+            # IMMEDIATE already serialises writers).
             if engine.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                   {"k": int.from_bytes(bytes.fromhex(sha[:16]), "big", signed=True)})
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _agent_lock(agent)})
             found = (await conn.execute(select(table.c.id).where(same).order_by(table.c.requested_at)
                                         .limit(1))).scalar_one_or_none()
             if found is not None:
                 return str(found), True
+            if max_pending is not None:
+                waiting = (await conn.execute(select(func.count()).select_from(table).where(
+                    (table.c.status == "pending") & (table.c.agent == agent)))).scalar_one()
+                if waiting >= max_pending:
+                    raise BudgetExceeded(
+                        f"this agent has {waiting} approvals waiting for a person, the most it may have open; "
+                        "ask again once some are decided", headers={"Retry-After": str(CAP_RETRY_AFTER)},
+                        reason=f"approvals pending at the cap ({waiting} of max_pending_per_agent {max_pending}); "
+                               "none opened")
             await conn.execute(table.insert().values(id=aid, agent=agent, dataset=dataset, owner=owner,
                                                      requested_at=now(), status="pending", query=bound,
                                                      request_id=request_id, body_sha256=sha,
@@ -164,11 +184,19 @@ async def get(engine: AsyncEngine, aid: str) -> Approval | None:
     return _row(found) if found is not None else None
 
 
-async def listing(engine: AsyncEngine, status: str | None = "pending", limit: int = 1000) -> list[Approval]:
-    """Approvals, oldest first; `status` None for all of them."""
-    stmt = select(table).order_by(table.c.requested_at, table.c.id).limit(limit)
+async def listing(engine: AsyncEngine, status: str | None = "pending", limit: int | None = 1000,
+                  before: str | None = None) -> list[Approval]:
+    """Approvals, newest first, so a new request is never hidden behind old ones; `status` None for all of
+    them; `limit` None for no limit; `before` an approval's id: only those after it in this order (the next
+    page; an unknown id gives none)."""
+    stmt = select(table).order_by(table.c.requested_at.desc(), table.c.id.desc())
+    if limit is not None:
+        stmt = stmt.limit(limit)
     if status is not None:
         stmt = stmt.where(table.c.status == status)
+    if before is not None:
+        asked = select(table.c.requested_at).where(table.c.id == before).scalar_subquery()
+        stmt = stmt.where((table.c.requested_at < asked) | ((table.c.requested_at == asked) & (table.c.id < before)))
     try:
         async with engine.connect() as conn:
             return [_row(r) for r in (await conn.execute(stmt)).fetchall()]

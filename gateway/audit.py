@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.caller import cap
 from gateway.errors import Unavailable
 from gateway.store import anchor as anchor_table
 from gateway.store import asyncpg_dsn
@@ -70,6 +71,9 @@ class AuditRecord:
     client: str | None = None  # the caller's address (a trusted proxy's X-Forwarded-For), or "cli"
     user_agent: str | None = None  # capped (caller.cap)
     trace_id: str | None = None  # the W3C traceparent's trace-id, when the request carried a valid one
+    # When `query` was capped (bounded_query): the length in bytes and the SHA-256 of the whole text or body.
+    query_bytes: int | None = None
+    query_sha256: str | None = None
     id: int = 0
     prev_hash: str = ""
     hash: str = ""
@@ -84,10 +88,10 @@ class AuditRecord:
 FIELD_ORDER = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
                "decision", "reason", "status", "rows", "bytes", "duration_ms", "source_ms", "response_sha256",
                "approved_by", "rule", "columns", "masked", "transport", "row_filter", "token_id", "client",
-               "user_agent", "trace_id", "prev_hash", "hash")
+               "user_agent", "trace_id", "query_bytes", "query_sha256", "prev_hash", "hash")
 # Fields added after the first release: left out of the hashed content while null, so records written
 # before they existed keep their hashes.
-LATER_FIELDS = ("row_filter", "token_id", "client", "user_agent", "trace_id")
+LATER_FIELDS = ("row_filter", "token_id", "client", "user_agent", "trace_id", "query_bytes", "query_sha256")
 assert set(FIELD_ORDER) == {f.name for f in fields(AuditRecord)}
 
 
@@ -107,9 +111,19 @@ def format_time(moment: dt.datetime) -> str:
 
 
 def parse_time(value: str) -> dt.datetime:
-    """ISO 8601 (a trailing Z allowed); naive times are UTC."""
+    """ISO 8601 (a trailing Z allowed); naive times are UTC. ValueError for anything else, also for a time whose
+    zone takes it out of years 1-9999 in UTC (`9999-12-31T23:59-23:59`: no comparison with it can be made)."""
+    if not (value.isascii() and value.isprintable()):  # ISO 8601 is; fromisoformat ignores what follows a NUL
+        raise ValueError(f"{value[:40]!r} is not an ISO 8601 time")
     moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    if moment.tzinfo is not dt.UTC:
+        try:
+            moment.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError(f"{value[:40]!r} is out of range in UTC") from None
+    return moment
 
 
 # The hashed fields, already in sorted order: the dict is built sorted, so the encoder need not sort it
@@ -325,12 +339,58 @@ APPEND_TRIES = 8  # then the locked transaction, which always gets through
 
 _TEXT_FIELDS = tuple(f.name for f in fields(AuditRecord) if str(f.type).startswith("str"))
 
+# No field of a record grows with what a client sends. The query (a body, SQL text, an MCP call's arguments, a
+# proxied path) is kept whole up to QUERY_MAX_BYTES bytes of UTF-8, else its start, with the whole one's length
+# and SHA-256 in query_bytes and query_sha256. Every other text a client, a token or an admin's input can reach
+# is kept whole up to FIELD_MAX characters, else as caller.cap keeps it (its start, its length and the start of
+# its SHA-256, within the limit). Real values are far shorter: names, addresses, ids, a policy line.
+QUERY_MAX_BYTES = 4096
+FIELD_MAX = {"agent": 256, "on_behalf_of": 256, "work_unit": 128, "dataset": 1024, "reason": 1024,
+             "approved_by": 512, "rule": 1024, "columns": 4096, "masked": 4096, "row_filter": 4096,
+             "token_id": 256, "client": 256, "user_agent": 256}
+_CAPPED = tuple(FIELD_MAX.items())
+_QUERY_FITS = QUERY_MAX_BYTES // 4  # characters that surely fit: UTF-8 takes at most 4 bytes a character
+_SHORTEST_CAP = min(_QUERY_FITS, *FIELD_MAX.values())  # no text longer than this: nothing to cap (one C call)
+
+
+def bounded_query(text: str | None, raw: bytes | None = None) -> tuple[str | None, int | None, str | None]:
+    """(the query as a record keeps it, query_bytes, query_sha256): the text whole, None, None when it fits in
+    QUERY_MAX_BYTES bytes of UTF-8; else its first QUERY_MAX_BYTES bytes (whole characters), and the length and
+    SHA-256 of the whole: of `raw`, the body as it came, when the text was decoded from it."""
+    if text is None or len(text) <= _QUERY_FITS:
+        return text, None, None
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= QUERY_MAX_BYTES:
+        return text, None, None
+    whole = raw if raw is not None else data
+    return data[:QUERY_MAX_BYTES].decode("utf-8", "ignore"), len(whole), hashlib.sha256(whole).hexdigest()
+
+
+def _bounded(record: AuditRecord) -> AuditRecord:
+    """The record with every field within its bound (above), whichever way in built it."""
+    over: dict[str, Any] = {}
+    for name, limit in _CAPPED:
+        value = getattr(record, name)
+        if value is not None and len(value) > limit:
+            over[name] = cap(value, limit)
+    query = record.query
+    if query is not None and len(query) > _QUERY_FITS:
+        text, size, digest = bounded_query(query)
+        if size is not None:
+            over["query"] = text
+            if record.query_sha256 is None:  # else the way in measured the body as received
+                over["query_bytes"], over["query_sha256"] = size, digest
+    return replace(record, **over) if over else record
+
 
 def _storable(record: AuditRecord) -> AuditRecord:
-    """The record with what a store cannot hold replaced by U+FFFD: NUL characters (PostgreSQL's text has
-    none) and lone surrogates (not UTF-8), which a request body or a token's claims may carry. Such a request
-    is then answered and recorded like any other, not refused for want of a record."""
+    """The record bounded (_bounded), and with what a store cannot hold replaced by U+FFFD: NUL characters
+    (PostgreSQL's text has none) and lone surrogates (not UTF-8), which a request body or a token's claims may
+    carry. Such a request is then answered and recorded like any other, not refused for want of a record."""
     texts = [v for name in _TEXT_FIELDS if isinstance(v := getattr(record, name), str)]
+    if texts and max(map(len, texts)) > _SHORTEST_CAP and (bounded := _bounded(record)) is not record:
+        record = bounded
+        texts = [v for name in _TEXT_FIELDS if isinstance(v := getattr(record, name), str)]
     joined = "".join(texts)
     if joined.isascii() and "\x00" not in joined:  # the common case, in two C calls
         return record

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
+from gateway import inputs
 from gateway.config import AuthSettings
 from gateway.errors import ConfigError, Unauthenticated
 
@@ -165,6 +166,11 @@ class Authenticator:
             raise Unauthenticated("invalid on_behalf_of")
         if jti == "":
             raise Unauthenticated("invalid jti")
+        # A NUL or a lone surrogate ("\u0000", "\ud800" in the claims' JSON) is in no agent's name: no store holds
+        # it (the trail would keep U+FFFD, another name), so no revocation nor filter could name it.
+        for claim, value in (("sub", sub), ("on_behalf_of", obo), ("jti", jti)):
+            if isinstance(value, str) and not inputs.holdable(value):
+                raise Unauthenticated(f"invalid {claim}")
         agent = Agent(name=sub, on_behalf_of=obo, jti=jti, claims=MappingProxyType(claims),
                       expires_at=float(exp))
         # Cache only answers time cannot change before exp; int() matches PyJWT's own exp/nbf reading,
@@ -232,7 +238,7 @@ class Authenticator:
                 self._last_rotation = now
             try:
                 by_kid, keys = _parse_jwks(await self._download())
-            except (httpx.HTTPError, jwt.PyJWTError, ValueError, TypeError, TimeoutError) as exc:
+            except (httpx.HTTPError, jwt.PyJWTError, ValueError, TypeError, TimeoutError, RecursionError) as exc:
                 self._last_failure = time.monotonic()
                 self._fetches += 1
                 log.warning("cannot fetch JWKS from %s: %s", self._jwks_url, type(exc).__name__)

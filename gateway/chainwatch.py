@@ -11,7 +11,8 @@ asks meanwhile waits for the running one.
 What ``last`` holds is the last verdict on the whole chain: the last full check, or a later incremental one
 that found a break (a break in the new records is a break of the chain). An incremental check that passes
 vouches only for what it read and leaves it as it is. The review page (every view), ``/readyz`` and
-``/metrics`` show it. Each process (worker, replica) keeps its own: each runs its own schedule.
+``/metrics`` show it (metrics through ``watch``, told each new verdict: under ``--workers N`` the most recent
+verdict of any worker). Each process (worker, replica) keeps its own: each runs its own schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +88,11 @@ class ChainWatch:
         self._task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit-verify")
+        self._watchers: list[Callable[[ChainGauges], None]] = []
+
+    def watch(self, watcher: Callable[[ChainGauges], None]) -> None:
+        """Tell `watcher` each new verdict on the whole chain (``last``), as it is made."""
+        self._watchers.append(watcher)
 
     async def start(self) -> None:
         if self.every > 0 and self._task is None:
@@ -151,6 +158,8 @@ class ChainWatch:
         if (done.kind == "full" or not done.ok) and (self.last is None or done.started_at >= self.last.started_at):
             was = self.last
             self.last = done
+            for watcher in self._watchers:
+                watcher(_gauges(done))
             if not done.ok and (was is None or was.ok or (was.bad_id, was.problem) != (done.bad_id, done.problem)):
                 # Once per break found (not at every later check finding the same one): /readyz, /metrics
                 # and the page keep saying it.
@@ -187,12 +196,10 @@ class ChainWatch:
                 "every_seconds": self.every or None, "running": self.running,
                 "error": self.error[1] if self.error else None}
 
-    def gauges(self) -> ChainGauges | None:
-        last = self.last
-        if last is None:
-            return None
-        return ChainGauges(ok=last.ok, finished=last.finished_at.timestamp(), seconds=last.seconds,
-                           records=last.count, bad_id=last.bad_id)
+
+def _gauges(last: Check) -> ChainGauges:
+    return ChainGauges(ok=last.ok, finished=last.finished_at.timestamp(), seconds=last.seconds, records=last.count,
+                       bad_id=last.bad_id)
 
 
 def _through(verified: integrity.Verified) -> int:

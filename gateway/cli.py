@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import getpass
 import json
@@ -16,17 +17,19 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from gateway import inputs
 from gateway.config import Settings, find_config, load_settings
 from gateway.errors import ConfigError
 from gateway.textsafe import SafeFormatter, terminal
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE = 0, 1, 2
+APPROVALS_SHOWN = 50  # `approvals list`: the newest this many, unless --limit or --all says otherwise
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -38,10 +41,9 @@ class _Parser(argparse.ArgumentParser):
 def _int_in(low: int, high: int) -> Any:
     """An argparse type: a whole number from low to high (else exit 2 with a one-line reason)."""
     def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        number = inputs.whole(value)  # ASCII digits only: int() also reads '١٢' (12) and ' 12 '
+        if number is None:
+            raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a whole number")
         if not low <= number <= high:
             raise argparse.ArgumentTypeError(f"{number} is not between {low} and {high}")
         return number
@@ -58,7 +60,16 @@ def _since(value: str) -> Any:
         raise argparse.ArgumentTypeError("takes an ISO 8601 time or 7d / 24h / 30m") from None
 
 
+def _text(value: str) -> str:
+    """An argparse type: text a store can hold. No NUL, and no lone surrogate, which is what argument bytes that
+    are not UTF-8 become: no token can carry such a name, and no store can keep it."""
+    if not inputs.holdable(value):
+        raise argparse.ArgumentTypeError("must not hold NUL characters or bytes that are not UTF-8")
+    return value
+
+
 def _name(value: str) -> str:
+    _text(value)
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value
@@ -95,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="token_command", required=True, parser_class=_Parser)
     ti = t.add_parser("issue", parents=[common], help="mint a token with the configured HS* secret")
     ti.add_argument("--agent", required=True, type=_name)
-    ti.add_argument("--ttl", type=int, default=3600)
-    ti.add_argument("--on-behalf-of")
+    ti.add_argument("--ttl", type=_int_in(0, 10**9), default=3600)
+    ti.add_argument("--on-behalf-of", type=_text)
 
     rv = sub.add_parser("revoke", parents=[common],
                         help="stop an agent or one token, on every replica, at once").add_subparsers(
@@ -105,34 +116,37 @@ def _parser() -> argparse.ArgumentParser:
         dest="target", required=True, parser_class=_Parser)
     for kind, label in (("agent", "NAME"), ("token", "JTI")):
         one = rv.add_parser(kind, parents=[common], help=f"revoke {'an agent' if kind == 'agent' else 'one token'}")
-        one.add_argument("subject", metavar=label)
-        one.add_argument("--reason")
+        one.add_argument("subject", metavar=label, type=_text)
+        one.add_argument("--reason", type=_text)
         rs.add_parser(kind, parents=[common], help=f"lift the revocation of {label}").add_argument(
-            "subject", metavar=label)
+            "subject", metavar=label, type=_text)
     sub.add_parser("reload", parents=[common], help="ask every replica to reload the policy directory now")
 
     apl = sub.add_parser("approvals", parents=[common], help="reads waiting for a person's approval").add_subparsers(
         dest="approvals_command", required=True, parser_class=_Parser)
-    apll = apl.add_parser("list", parents=[common], help="pending approvals, oldest first, with the dataset owner")
-    apll.add_argument("--all", action="store_true", help="also approved and denied ones")
+    apll = apl.add_parser("list", parents=[common], help="pending approvals, newest first, with the dataset owner")
+    apll.add_argument("--all", action="store_true",
+                      help="every approval: also approved and denied ones, and no limit unless --limit is given")
+    apll.add_argument("--limit", type=_int_in(1, 2**31 - 1), default=None,
+                      help=f"at most N, the newest (default {APPROVALS_SHOWN}; with --all, every one)")
     apll.add_argument("--json", action="store_true")
     for verb in ("approve", "deny"):
         dv = sub.add_parser(verb, parents=[common], help=f"{verb} a pending approval")
-        dv.add_argument("approval_id", metavar="ID")
+        dv.add_argument("approval_id", metavar="ID", type=_text)
         dv.add_argument("--by", required=True, type=_decider,
                         help="the person deciding (recorded as approved_by, with the operating-system user)")
 
     a = sub.add_parser("audit", parents=[common], help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser)
     al = a.add_parser("list", parents=[common], help="read the trail, newest first")
-    al.add_argument("--agent")
-    al.add_argument("--dataset")
+    al.add_argument("--agent", type=_text)
+    al.add_argument("--dataset", type=_text)
     al.add_argument("--decision", choices=["allow", "deny", "pending", "error"])
     al.add_argument("--since", help="ISO 8601 time")
     al.add_argument("--until", help="ISO 8601 time")
-    al.add_argument("--work-unit")
-    al.add_argument("--on-behalf-of")
-    al.add_argument("--limit", type=int, default=100)
+    al.add_argument("--work-unit", type=_text)
+    al.add_argument("--on-behalf-of", type=_text)
+    al.add_argument("--limit", type=_int_in(0, 10**9), default=100)
     al.add_argument("--json", action="store_true")
     av = a.add_parser("verify", parents=[common], help="check the hash chain, the anchor and the checkpoints")
     av.add_argument("--checkpoint", action="append", default=[], metavar="TOKEN",
@@ -221,9 +235,11 @@ def _read_only(run: Callable[[], int], attempts: int = 5) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway import exposure
+    # Where metrics are kept is serve's to say (_group_metrics), before prometheus-client is imported: a directory
+    # inherited from the environment may hold another run's numbers.
+    for name in METRICS_DIR_VARIABLES:
+        os.environ.pop(name, None)
+    from gateway import connections, exposure
     from gateway.app import create_app
 
     host = args.host or settings.server.host
@@ -239,15 +255,65 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         return code
     port = args.port if args.port is not None else settings.server.port
+    # Bounded connections (gateway/connections.py): the open-file limit raised to the hard one (workers inherit
+    # it), and the connection cap kept below it.
+    connections.raise_open_files()
+    room = connections.capacity(settings)
+    if room.low:
+        print(f"agentgate: warning: the open-file limit ({room.open_files}) leaves room for {room.max_connections} "
+              f"connections, not [server] max_connections = {room.configured} ({room.reserved} are kept for the "
+              "store and the sources); raise the hard limit (ulimit -Hn, LimitNOFILE=)", file=sys.stderr)
     common: dict[str, Any] = dict(host=host, port=port, log_level=args.log_level, access_log=False,
                                   proxy_headers=False, timeout_graceful_shutdown=10,
-                                  log_config=_log_config(args.log_level))
+                                  log_config=_log_config(args.log_level), limits=connections.bounds(settings, room))
     if args.workers > 1:
         os.environ["AGENTGATE_CONFIG"] = str(settings.path)
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
+        with _group_metrics():
+            connections.serve(connections.ServerConfig("gateway.app:app_from_env", factory=True,
+                                                       workers=args.workers, **common))
     else:
-        uvicorn.run(create_app(settings), **common)
+        connections.serve(connections.ServerConfig(create_app(settings), **common))
     return EXIT_OK
+
+
+METRICS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+METRICS_DIR_PREFIX = "agentgate-metrics-"
+
+
+@contextlib.contextmanager
+def _group_metrics() -> Iterator[None]:
+    """--workers N: a private directory where every worker keeps its metrics and from which a scrape adds up the
+    whole group's (prometheus-client's multiprocess mode). Made empty before the workers start (they inherit
+    $PROMETHEUS_MULTIPROC_DIR), removed once they have stopped, so no earlier run's numbers are ever added in;
+    those a killed serve left behind go at the next start."""
+    import shutil
+    import tempfile
+
+    for stale in Path(tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*"):
+        if not _alive(stale / "serve.pid"):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)  # 0700, ours alone
+    (Path(folder) / "serve.pid").write_text(str(os.getpid()))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid_file: Path) -> bool:
+    """Whether the serve that wrote pid_file may still run: only a directory of ours whose serve is gone is not
+    (one without its pid yet is a serve starting)."""
+    try:
+        if pid_file.parent.stat().st_uid != os.getuid():
+            return True
+        os.kill(int(pid_file.read_text()), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -608,7 +674,13 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await create_tables(engine)
         if args.command == "approvals":
-            items = await approvals.listing(engine, None if args.all else "pending")
+            # Newest first, so a new request is never hidden behind old ones; one more than shown, to tell.
+            shown = args.limit if args.limit is not None else None if args.all else APPROVALS_SHOWN
+            items = await approvals.listing(engine, None if args.all else "pending",
+                                            shown + 1 if shown is not None else None)
+            if shown is not None and len(items) > shown:
+                items = items[:shown]
+                print(f"agentgate: the newest {shown} shown; more with --limit N or --all", file=sys.stderr)
             if args.json:
                 print(json.dumps([a.to_dict() for a in items], indent=2))
             elif not items:

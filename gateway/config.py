@@ -27,10 +27,13 @@ MAX_LEEWAY_SECONDS = 30.0
 
 # Every key agentgate.toml takes, by table; the README documents each (a test checks).
 CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost"},
-    "server": {"host", "port", "max_body_bytes", "forwarded_allow_ips"},
+    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost", "limits"},
+    "server": {"host", "port", "max_body_bytes", "forwarded_allow_ips", "header_timeout_seconds",
+               "body_timeout_seconds", "keep_alive_seconds", "max_connections", "max_header_bytes"},
+    "limits": {"failed_auth_per_minute", "failed_auth_burst", "failed_auth_records_per_minute",
+               "failed_auth_clients", "summary_seconds", "refusal_delay_seconds"},
     "sql": {"enabled"},
-    "approvals": {"ttl_seconds"},
+    "approvals": {"ttl_seconds", "max_pending_per_agent"},
     "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
              "jwks_cache_seconds"},
     "store": {"url"},
@@ -88,6 +91,28 @@ class ServerSettings:
     # Proxies whose X-Forwarded-For names the caller (addresses or networks; "*" for every peer). Empty: the
     # header is never trusted, the peer's own address is the caller.
     forwarded_allow_ips: tuple[str, ...] = ()
+    # Connections (gateway/connections.py): a request's line and headers must arrive within
+    # header_timeout_seconds, its body within body_timeout_seconds after them; an idle keep-alive connection is
+    # closed after keep_alive_seconds; at most max_connections per process; headers over max_header_bytes: 431.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keep_alive_seconds: float = 5.0
+    max_connections: int = 1024
+    max_header_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Requests refused before any token verified, per client (gateway/ratelimit.py)."""
+
+    # Generous enough for a client that retries a bad token, or a security team probing its own gateway with a
+    # few dozen forged tokens; a flood meets the rate at once.
+    failed_auth_per_minute: float = 120.0  # answered as ever (401, 413) and recorded one by one; beyond: 429
+    failed_auth_burst: int = 100  # of them at once
+    failed_auth_records_per_minute: int = 600  # all clients together: recorded one by one; beyond, folded
+    failed_auth_clients: int = 4096  # clients tracked at once; beyond, new ones share one bucket and summary
+    summary_seconds: float = 60.0  # the interval of each client's summary record
+    refusal_delay_seconds: float = 0.25  # a 429 of this limit is answered after this (0: at once)
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,7 @@ class SqlModeSettings:
 @dataclass(frozen=True)
 class ApprovalSettings:
     ttl_seconds: int = 3600
+    max_pending_per_agent: int = 20  # pending approvals one agent may have open; beyond, 429
 
 
 @dataclass(frozen=True)
@@ -172,6 +198,7 @@ class Settings:
     sources: Mapping[str, SourceSettings]
     audit: AuditSettings = field(default_factory=AuditSettings)
     cost: CostSettings = field(default_factory=CostSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
 
 def find_config(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -205,6 +232,11 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         port=reader.get(s, "server.port", int, 8080),
         max_body_bytes=reader.positive(s, "server.max_body_bytes", 1_048_576),
         forwarded_allow_ips=_proxies(reader, s),
+        header_timeout_seconds=float(reader.positive(s, "server.header_timeout_seconds", 10.0)),
+        body_timeout_seconds=float(reader.positive(s, "server.body_timeout_seconds", 30.0)),
+        keep_alive_seconds=float(reader.positive(s, "server.keep_alive_seconds", 5.0)),
+        max_connections=reader.positive(s, "server.max_connections", 1024),
+        max_header_bytes=reader.positive(s, "server.max_header_bytes", 65_536),
     )
     if not 0 <= server.port <= 65535:
         raise ConfigError(path, "server.port", "must be between 0 and 65535")
@@ -215,7 +247,8 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
 
     a = reader.table(data, "approvals")
     reader.only(a, "approvals", CONFIG_KEYS["approvals"])
-    approvals = ApprovalSettings(ttl_seconds=reader.positive(a, "approvals.ttl_seconds", 3600))
+    approvals = ApprovalSettings(ttl_seconds=reader.positive(a, "approvals.ttl_seconds", 3600),
+                                 max_pending_per_agent=reader.positive(a, "approvals.max_pending_per_agent", 20))
 
     auth = _auth(reader, reader.table(data, "auth"), base)
 
@@ -248,6 +281,18 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
             raise ConfigError(path, f"cost.{k}", "must be a number of 0 or more")
     cost = CostSettings(priced=bool(co), **prices)
 
+    li = reader.table(data, "limits")
+    reader.only(li, "limits", CONFIG_KEYS["limits"])
+    limits = LimitSettings(
+        failed_auth_per_minute=_finite(reader, li, "limits.failed_auth_per_minute", 120.0),
+        failed_auth_burst=reader.positive(li, "limits.failed_auth_burst", 100),
+        failed_auth_records_per_minute=reader.positive(li, "limits.failed_auth_records_per_minute", 600),
+        failed_auth_clients=reader.positive(li, "limits.failed_auth_clients", 4096),
+        summary_seconds=_finite(reader, li, "limits.summary_seconds", 60.0),
+        refusal_delay_seconds=_delay(reader, li))
+    for key in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
+        _finite(reader, s, f"server.{key}", 1.0)  # a timeout of inf or nan would be none
+
     sources: dict[str, SourceSettings] = {}
     for name, src in reader.table(data, "sources").items():
         key = f"sources.{name}"
@@ -256,7 +301,21 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         sources[name] = _source(reader, name, src, base)
 
     return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
-                    store=store, policy=policy, sources=sources, audit=audit, cost=cost)
+                    store=store, policy=policy, sources=sources, audit=audit, cost=cost, limits=limits)
+
+
+def _delay(reader: _Reader, li: dict[str, Any]) -> float:
+    value = float(reader.get(li, "limits.refusal_delay_seconds", (int, float), 0.25))
+    if not 0 <= value <= 60:
+        raise ConfigError(reader.path, "limits.refusal_delay_seconds", "must be from 0 (answer at once) to 60")
+    return value
+
+
+def _finite(reader: _Reader, table: dict[str, Any], key: str, default: float) -> float:
+    value = float(reader.positive(table, key, default))
+    if not value < float("inf"):
+        raise ConfigError(reader.path, key, "must be a finite number greater than 0")
+    return value
 
 
 def _retention(reader: _Reader, au: dict[str, Any]) -> int:

@@ -10,6 +10,7 @@ Exactly one place decides and exactly one place writes the audit record
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -33,11 +34,11 @@ from connectors.base import (
     TableQuery,
 )
 from connectors.http import HttpAnswer, HttpConnector
-from connectors.sql import SqlConnector
-from gateway import admin, approvals, rowfilters, sqlmode
-from gateway.audit import AuditRecord, AuditTrail, now
+from connectors.sql import CELLS_ON_LOOP, SqlConnector, in_slices
+from gateway import admin, approvals, inputs, rowfilters, sqlmode
+from gateway.audit import AuditRecord, AuditTrail, bounded_query, now
 from gateway.auth import Agent, Authenticator
-from gateway.budgets import Meter
+from gateway.budgets import Meter, Reservation
 from gateway.caller import cap
 from gateway.catalog import Dataset
 from gateway.chainwatch import ChainWatch
@@ -54,10 +55,12 @@ from gateway.errors import (
     Unavailable,
     error_body,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import SEVERAL, UNKNOWN, Metrics
 from gateway.policy import Policy
-from gateway.query import CursorCodec, parse_body
+from gateway.query import CursorCodec, QueryBody, parse_body
+from gateway.ratelimit import RefusalLimiter, Verdict, too_many
 from gateway.revocations import Registry
+from gateway.textsafe import terminal
 
 log = logging.getLogger("agentgate.core")
 
@@ -66,6 +69,9 @@ FORBIDDEN = NOT_ALLOWED
 # A token id (jti) longer than this is recorded capped (real ones are UUIDs or shorter): no record grows with a
 # token's size.
 TOKEN_ID_MAX = 256
+# X-Work-Unit and X-Approval-Id (MCP: work_unit, approval_id): at most this many characters, none a control,
+# format or separator character (textsafe.terminal's); else 400, recorded with the value escaped and capped.
+HEADER_MAX = 128
 # What an agent is told when the source refuses its SQL (the source's own text goes to the record and the log).
 SOURCE_REFUSED = "the source refused the statement"
 # Headers of an HTTP source's answer passed through to the agent (besides its content type).
@@ -129,6 +135,8 @@ class Trace:
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
     raw: HttpAnswer | None = None  # a source's answer passed through as it came (HTTP datasets)
+    cleared: tuple[str, ...] = ()  # the datasets the policy let this agent read (the only names /metrics shows)
+    reserved: Reservation | None = None  # rows the budget set aside for the read, settled after it
 
 
 class PolicyHolder:
@@ -144,10 +152,14 @@ class Gateway:
                  sources: Mapping[str, SqlConnector], http_sources: Mapping[str, HttpConnector] | None = None,
                  cursors: CursorCodec, metrics: Metrics,
                  revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None,
-                 approval_ttl: int = 3600, chain: ChainWatch | None = None):
+                 approval_ttl: int = 3600, chain: ChainWatch | None = None,
+                 approval_max_pending: int | None = 20, refusals: RefusalLimiter | None = None):
         self.auth = authenticator
+        # Requests refused before any token verified: limited per client, folded into summaries (ratelimit.py).
+        self.refusals = refusals
         self.approval_ttl = approval_ttl
-        self.meter = Meter(store)
+        self.approval_max_pending = approval_max_pending  # pending approvals an agent may have open at once
+        self.meter = Meter(store, refused=metrics.budget_refused)
         self.checkpoint_key = checkpoint_key
         self.revocations = revocations
         self.store = store
@@ -172,7 +184,11 @@ class Gateway:
     async def handle(self, req: ReadRequest) -> Answer:
         started = time.perf_counter()
         trace = Trace(dataset=req.dataset, query=req.recorded_query)
+        work_unit, header_fault = _header(req.work_unit, "work unit (X-Work-Unit)")
+        if header_fault is None and req.approval_id is not None:
+            header_fault = _header(req.approval_id, "approval id (X-Approval-Id)")[1]
         headers: dict[str, str] = {}
+        limited: Verdict | None = None  # a refusal with no token verified, as the per-client limit judged it
         try:
             if req.body_too_large:
                 raise TooLarge("the request body is over the size limit")
@@ -180,6 +196,8 @@ class Gateway:
             self.admit(agent)
             if req.route_error is not None:
                 raise req.route_error
+            if header_fault is not None:
+                raise header_fault
             policy = self.policies.current
             if policy is None:
                 raise Unavailable("no valid policy is loaded; every request is refused")
@@ -190,6 +208,10 @@ class Gateway:
                 status, payload = 200, await self._serve(req, agent, policy, trace)
             decision = "allow"
         except GatewayError as exc:
+            if trace.agent is None and self.refusals is not None:  # refused before any token verified
+                limited = self.refusals.judge(req.client)
+                if limited.retry_after:
+                    exc = too_many(limited, exc)
             status, decision = exc.status, exc.decision
             trace.reason = exc.reason
             payload = error_body(exc.code, exc.message, req.request_id)
@@ -208,22 +230,32 @@ class Gateway:
             status, body = raw.status, raw.body
             headers.update({k: v for k, v in raw.headers.items() if k.lower() in PASSED_HEADERS})
         else:
-            body = _render(payload) if payload is not None else b""
+            body = await _render_answer(payload) if payload is not None else b""
+        if limited is not None and not limited.record and self.refusals is not None:
+            # Over the limits: counted into its client's summary record instead of a record of its own.
+            self.refusals.fold(limited, status, req.client, lambda: _sample(req, trace))
+            self.metrics.answered(req.operation, decision, _metric_dataset(trace), time.perf_counter() - started)
+            if limited.retry_after:
+                await self.refusals.hold()  # a client over its limit is answered at a pace (ratelimit.py)
+            return Answer(status=status, body=body, payload=payload, headers=headers)
         streamed = trace.stream is not None and status == 200
         who = trace.agent
+        query, query_bytes, query_sha256 = _recorded_query(req, trace)
+        digest = None if streamed else await _sha256(body)
         record = AuditRecord(
             time=now(), request_id=req.request_id, action=ACTIONS.get(req.operation, req.operation),
             decision=decision, status=status, agent=who.name if who else None,
-            on_behalf_of=who.on_behalf_of if who else None, work_unit=req.work_unit,
-            dataset=trace.dataset, query=trace.query or _query_text(req), reason=trace.reason, rows=trace.rows,
+            on_behalf_of=who.on_behalf_of if who else None, work_unit=work_unit,
+            dataset=trace.dataset, query=query, reason=trace.reason, rows=trace.rows,
             bytes=None if streamed else len(body), duration_ms=round((time.perf_counter() - started) * 1000, 3),
             source_ms=round(trace.source_ms, 3) if trace.source_ms is not None else None,
-            response_sha256=None if streamed else hashlib.sha256(body).hexdigest(), rule=trace.rule,
+            response_sha256=digest, rule=trace.rule,
             approved_by=trace.approved_by,
             columns=orjson.dumps(trace.columns).decode() if trace.columns is not None else None,
             masked=orjson.dumps(trace.masked).decode() if trace.masked is not None else None, transport=req.transport,
             row_filter=trace.row_filter, token_id=cap(who.jti, TOKEN_ID_MAX) if who else None, client=req.client,
-            user_agent=req.user_agent, trace_id=req.trace_id)
+            user_agent=req.user_agent, trace_id=req.trace_id, query_bytes=query_bytes, query_sha256=query_sha256)
+        recording = time.perf_counter()
         try:
             await self.audit.record(record)
         except Unavailable as exc:
@@ -232,7 +264,8 @@ class Gateway:
             payload = error_body(exc.code, exc.message, req.request_id)
             body, headers = _render(payload), {}
             streamed, raw = False, None
-        self.metrics.answered(req.operation, decision, trace.dataset or "", time.perf_counter() - started)
+        done = time.perf_counter()
+        self.metrics.answered(req.operation, decision, _metric_dataset(trace), done - started, done - recording)
         if streamed:
             return Answer(status=status, body=b"", payload=None, headers=headers, stream=trace.stream,
                           media_type=trace.media_type)
@@ -242,6 +275,26 @@ class Gateway:
         return Answer(status=status, body=body, payload=payload, headers=headers)
 
     async def _serve(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
+        """A data request. The rows its budget set aside for the read (trace.reserved) are settled after it: the
+        rows served count, the rest is given back; all of it when the read fails (a source error or timeout, a
+        revocation mid-read, a refusal after the budget's check)."""
+        try:
+            served = await self._dispatch(req, agent, policy, trace)
+        except BaseException as exc:
+            if trace.reserved is not None:
+                await self.meter.refund(trace.reserved)
+            if isinstance(exc, (SourceError, SourceTimeout)):
+                self.metrics.source_failed(_source_of(policy, trace), _failure_kind(exc))
+            raise
+        if trace.reserved is not None:
+            try:
+                await self.meter.settle(trace.reserved, trace.rows or 0)
+            except Unavailable:
+                trace.rows = None  # the answer is a 503: no row left
+                raise
+        return served
+
+    async def _dispatch(self, req: ReadRequest, agent: Agent, policy: Policy, trace: Trace) -> dict[str, Any]:
         limits = policy.budgets.for_agent(agent.name)
         if req.operation == "list":
             await self.meter.charge(agent.name, limits)
@@ -252,19 +305,17 @@ class Gateway:
             trace.rows = len(out)
             return {"datasets": out}
         if req.operation == "sql":
-            served = await self._sql(req, agent, policy, trace)
-            await self.meter.add_rows(agent.name, limits, trace.rows or 0)
-            return served
+            return await self._sql(req, agent, policy, trace)
         ds = await self._readable(policy, agent, req.dataset, trace, approval_handled=True)
-        await self.meter.charge(agent.name, limits)
+        body = _parsed(req.body) if req.operation == "query" else None
+        # A read sets aside the rows it may serve (its limit, capped by max_rows) before it runs.
+        trace.reserved = await self.meter.charge(agent.name, limits, min(body.limit, ds.max_rows) if body else 0)
         if req.operation == "describe":
             return await self._describe(ds)
         if req.operation == "query":
             if ds.approval == "required":
                 trace.approved_by = await self._approved(req, agent, ds)
-            served = await self._query(req, agent, policy, ds, trace)
-            await self.meter.add_rows(agent.name, limits, trace.rows or 0)
-            return served
+            return await self._query(req, agent, policy, ds, trace, body)
         if req.operation == "proxy":
             if ds.approval == "required":
                 trace.approved_by = await self._approved(req, agent, ds)
@@ -289,6 +340,7 @@ class Gateway:
         if ds.approval == "required" and not approval_handled:
             raise Forbidden(f"{ds.name!r} needs a person's approval; read it through its query endpoint",
                             reason="approval required")
+        trace.cleared += (ds.name,)
         return ds
 
     async def _approved(self, req: ReadRequest, agent: Agent, ds: Dataset) -> str:
@@ -299,11 +351,14 @@ class Gateway:
         submitted = _query_text(req)
         if req.approval_id is None:
             aid, reused = await approvals.open_request(self.store, agent.name, ds.name, ds.owner, submitted,
-                                                       req.request_id, on_behalf_of=agent.on_behalf_of)
+                                                       req.request_id, on_behalf_of=agent.on_behalf_of,
+                                                       max_pending=self.approval_max_pending)
             raise ApprovalPending(f"reading {ds.name!r} needs a person's approval (owner: {ds.owner}); ask again "
                                   "with header X-Approval-Id once it is approved", aid,
                                   reason=f"approval {aid} {'already open' if reused else 'opened'}, pending")
-        found = await approvals.get(self.store, req.approval_id)
+        # An id no approval can have (they are 32 hex digits) is not looked up: the store may not take it (NUL).
+        found = (await approvals.get(self.store, req.approval_id)
+                 if len(req.approval_id) <= 64 and inputs.holdable(req.approval_id) else None)
         if (found is None or found.agent != agent.name or found.dataset != ds.name
                 or found.on_behalf_of != agent.on_behalf_of):
             raise Forbidden("this approval id does not serve this request: an approval covers one agent, one "
@@ -340,11 +395,11 @@ class Gateway:
                 "max_rows": ds.max_rows, "approval": ds.approval}
 
     async def _query(self, req: ReadRequest, agent: Agent, policy: Policy, ds: Dataset,
-                     trace: Trace) -> dict[str, Any]:
+                     trace: Trace, parsed: QueryBody | None = None) -> dict[str, Any]:
         source = self.sources.get(ds.source)
         if source is None or ds.table is None:
             raise BadRequest(f"{ds.name!r} is not a SQL dataset; read it through its proxy path")
-        body = parse_body(req.body)
+        body = parsed if parsed is not None else parse_body(req.body)
         with source_errors():
             info = await source.columns(ds.table)
         known = [c.name for c in info]
@@ -370,7 +425,7 @@ class Gateway:
             page = await self.revocations.guarded(agent, source.fetch(query))
         trace.source_ms = page.source_ms
         if masked:
-            rows = [{c: (None if c in hidden else row[c]) for c in requested} for row in page.rows]
+            rows = await in_slices(page.rows, len(requested), lambda part: _masked(part, requested, hidden))
         else:
             rows = page.rows
         trace.rows, trace.columns, trace.masked = len(rows), fetched, masked
@@ -387,12 +442,13 @@ class Gateway:
         if len(dialects) == 1:
             dialect = next(iter(dialects))
         else:  # sources of several dialects: the datasets named pick the source, then its dialect parses
-            names = {sqlmode.reference_name(t) for t in sqlmode.dataset_references(sqlmode.parse(sql, ""))}
+            first = await sqlmode.off_loop(sql, sqlmode.parse, sql, "")
+            names = {sqlmode.reference_name(t) for t in sqlmode.dataset_references(first)}
             picked = {ds.source for n in names if n and (ds := policy.catalog.get(n)) is not None}
             source_name = next(iter(picked)) if len(picked) == 1 else None
             found = self.sources.get(source_name) if source_name else None
             dialect = sqlmode.DIALECTS.get(found.dialect, found.dialect) if found else ""
-        tree = sqlmode.parse(sql, dialect)
+        tree = await sqlmode.off_loop(sql, sqlmode.parse, sql, dialect)
         refs = sqlmode.dataset_references(tree)
         touched = sorted({sqlmode.reference_name(t) or "" for t in refs})
         trace.dataset = ",".join(n for n in touched if n) or None
@@ -409,7 +465,9 @@ class Gateway:
         source = self.sources.get(next(iter(kinds)))
         if len(kinds) != 1 or source is None or any(ds.table is None for ds in datasets.values()):
             raise BadRequest("SQL mode reads datasets of one SQL source at a time")
-        await self.meter.charge(agent.name, policy.budgets.for_agent(agent.name))
+        # The rows set aside: at most the smallest max_rows of the datasets read, or the statement's LIMIT.
+        trace.reserved = await self.meter.charge(agent.name, policy.budgets.for_agent(agent.name), sqlmode.row_cap(
+            tree, min(ds.max_rows for ds in datasets.values())))
         plan: dict[str, sqlmode.Source] = {}
         filtered: list[str] = []
         for ds in datasets.values():
@@ -423,7 +481,7 @@ class Gateway:
                 filtered.append(f"{ds.name}: {said}")
             plan[ds.name] = sqlmode.Source(ds.name, ds.table, [c.name for c in info], hidden, ds.max_rows, scope)
         trace.row_filter = "; ".join(sorted(filtered)) or None
-        done = sqlmode.rewrite(tree, refs, plan, dialect)
+        done = await sqlmode.off_loop(sql, sqlmode.rewrite, tree, refs, plan, dialect)
         hidden_names, aliased = done.hidden, done.aliased
         with source_errors():
             page = await self.revocations.guarded(agent, source.run_select(done.sql, done.limit, done.binds))
@@ -491,6 +549,71 @@ def source_errors() -> Iterator[None]:
         raise SourceError("the source failed", reason=str(exc)) from exc
 
 
+def _parsed(raw: bytes | None) -> QueryBody | None:
+    """A query's body, or None when it is malformed (nothing is set aside: the read answers 400)."""
+    try:
+        return parse_body(raw)
+    except BadRequest:
+        return None
+
+
+def _metric_dataset(trace: Trace) -> str:
+    """The `dataset` label of /metrics: a name only once the policy let the agent read it. A name that does not
+    exist and one the agent may not read are one label, as they are one answer: /metrics holds no name a client
+    made up and tells no one which names exist."""
+    named = trace.dataset
+    if not named:
+        return ""
+    if named in trace.cleared:
+        return named
+    if trace.cleared and all(n in trace.cleared for n in named.split(",")):
+        return SEVERAL  # SQL mode over several datasets, each one readable
+    return UNKNOWN
+
+
+def _source_of(policy: Policy, trace: Trace) -> str | None:
+    """The source a failed read went to: its dataset's (SQL mode reads one source at a time)."""
+    ds = policy.catalog.get(trace.dataset.split(",")[0]) if trace.dataset else None
+    return ds.source if ds is not None else None
+
+
+def _failure_kind(exc: GatewayError) -> str:
+    if isinstance(exc, SourceTimeout):
+        return "timeout"
+    return "missing_table" if isinstance(exc.__cause__, MissingTable) else "unavailable"
+
+
+# Large answers are made a slice of rows at a time, the event loop free to serve other requests between slices
+# (connectors/sql.py in_slices): for 100,000 rows of 8 columns, masking takes 0.3 s and one orjson call 75 ms.
+# A body over _BYTES_ON_LOOP is hashed in a worker thread (hashlib lets go of the GIL: 26 ms for 16 MB).
+_BYTES_ON_LOOP = 1024 * 1024
+
+
+def _masked(rows: Sequence[Mapping[str, Any]], requested: Sequence[str], hidden: set[str]) -> list[dict[str, Any]]:
+    return [{c: (None if c in hidden else row[c]) for c in requested} for row in rows]
+
+
+async def _render_answer(payload: Mapping[str, Any]) -> bytes:
+    """The bytes of _render(payload), a large answer's rows rendered a slice at a time. `"rows":[]` cannot occur
+    inside a rendered string (every quote in one is escaped), so its first occurrence is the key's."""
+    rows = payload.get("rows")
+    columns = len(payload.get("columns") or (0,))
+    if not isinstance(rows, list) or len(rows) * columns <= CELLS_ON_LOOP:
+        return _render(payload)
+    head, key, tail = _render({**payload, "rows": []}).partition(b'"rows":[]')
+    if not key:
+        return _render(payload)
+    parts = await in_slices(rows, columns, lambda part: [b",", _render({"r": part})[len(b'{"r":['):-len(b"]}")]])
+    parts[0] = head + b'"rows":['  # in place of the first separator: the body is copied once, by the join
+    return b"".join([*parts, b"]", tail])
+
+
+async def _sha256(body: bytes) -> str:
+    if len(body) > _BYTES_ON_LOOP:  # hashlib lets go of the GIL over large inputs: the loop runs meanwhile
+        return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+    return hashlib.sha256(body).hexdigest()
+
+
 def _render(payload: Mapping[str, Any]) -> bytes:
     try:
         # A tenth of json's cost; the same bytes but for floats in exponent form ("1e-5" for "1e-05").
@@ -500,6 +623,13 @@ def _render(payload: Mapping[str, Any]) -> bytes:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _sample(req: ReadRequest, trace: Trace) -> dict[str, Any]:
+    """What a summary of refusals shows of the first request it counts (ratelimit.py caps each text)."""
+    return {"client": req.client, "action": ACTIONS.get(req.operation, req.operation), "dataset": req.dataset,
+            "query": _query_text(req), "reason": trace.reason, "user_agent": req.user_agent,
+            "transport": req.transport}
+
+
 def _query_text(req: ReadRequest) -> str | None:
     if req.operation == "proxy":  # what was asked of an HTTP dataset: its path and query string
         path, query = req.params.get("path", ""), req.params.get("query", "")
@@ -507,3 +637,23 @@ def _query_text(req: ReadRequest) -> str | None:
     if req.body is None or req.body_too_large:
         return None
     return req.body.decode("utf-8", errors="replace")
+
+
+def _recorded_query(req: ReadRequest, trace: Trace) -> tuple[str | None, int | None, str | None]:
+    """The record's query, query_bytes and query_sha256 (audit.bounded_query): what was acted on when the
+    operation named it, else the request's body (measured as it came) or proxied path."""
+    if trace.query:
+        return bounded_query(trace.query)
+    text = _query_text(req)
+    return bounded_query(text, req.body if text is not None and req.operation != "proxy" else None)
+
+
+def _header(value: str | None, what: str) -> tuple[str | None, BadRequest | None]:
+    """A header-borne value as the record keeps it, and the 400 it earns when it is over HEADER_MAX characters
+    or carries a control, format or separator character (kept escaped and capped, so the record shows it on
+    one line and stays bounded)."""
+    if value is None or (len(value) <= HEADER_MAX and (value.isprintable() or terminal(value) == value)):
+        return value, None
+    kept = cap(terminal(value), HEADER_MAX)
+    return kept, BadRequest(f"the {what} must be at most {HEADER_MAX} characters, with no control characters",
+                            reason=f"{what} refused: {len(value)} characters")

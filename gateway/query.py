@@ -19,7 +19,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
-from connectors.base import LIST_OPERATORS, NULL_OPERATORS, OPERATORS, Filter, SortKey
+from connectors.base import (
+    LIST_OPERATORS,
+    MAX_BOUND_VALUES,
+    NULL_OPERATORS,
+    OPERATORS,
+    Filter,
+    SortKey,
+    bound_values,
+)
 from gateway.errors import BadRequest
 from gateway.randomness import random_bytes
 
@@ -72,7 +80,12 @@ def parse_query(data: Any) -> QueryBody:
         if len(set(columns)) != len(columns):
             raise BadRequest("'columns' names a column twice")
         columns = tuple(columns)
-    return QueryBody(columns=columns, where=_where(data.get("where")), order_by=_order(data.get("order_by")),
+    where = _where(data.get("where"))
+    n = bound_values(where)
+    if n > MAX_BOUND_VALUES:
+        raise BadRequest(f"the query binds {n} values; at most {MAX_BOUND_VALUES} in all ('where' values and the "
+                         "items of every 'in' / 'not in' list together)")
+    return QueryBody(columns=columns, where=where, order_by=_order(data.get("order_by")),
                      limit=_limit(data.get("limit")), cursor=_cursor(data.get("cursor")))
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +62,9 @@ async def request_reload(engine: AsyncEngine, actor: str) -> None:
 
 class PolicyReloader:
     def __init__(self, settings: Settings, holder: PolicyHolder, trail: AuditTrail,
-                 sources: Mapping[str, SqlConnector]):
+                 sources: Mapping[str, SqlConnector], observe: Callable[[bool], None] | None = None):
         self._settings = settings
+        self._observe = observe  # told each reload's outcome, True: accepted (metrics)
         self._holder = holder
         self._trail = trail
         self._sources = sources
@@ -119,9 +120,13 @@ class PolicyReloader:
             except ConfigError as exc:
                 self._holder.refused = {"files": files, "reason": str(exc), "at": format_time(now())}
                 log.error("policy change refused, the last good policy stays in force: %s", exc)
+                if self._observe is not None:
+                    self._observe(False)
                 await self._record(actor, files, accepted=False, reason=str(exc))
                 return False
             self._holder.current, self._holder.refused = policy, None
+            if self._observe is not None:
+                self._observe(True)
             log.info("policy reloaded (%s): %d rules, %d datasets", ", ".join(files), len(policy.rules),
                      len(policy.catalog.datasets))
             await self._record(actor, files, accepted=True, reason=None)

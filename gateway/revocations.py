@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,9 +90,10 @@ def _row(r: Any) -> Revocation:
 class Registry:
     """The in-memory list this replica checks every request against."""
 
-    def __init__(self, engine: AsyncEngine, sync: StoreSync):
+    def __init__(self, engine: AsyncEngine, sync: StoreSync, observe: Callable[[int, int], None] | None = None):
         self._engine = engine
         self._sync = sync
+        self._observe = observe  # told how many agents and tokens are revoked, at each change (metrics)
         self._agents: dict[str, Revocation] = {}
         self._tokens: dict[str, Revocation] = {}
         self._fingerprint: tuple[Any, ...] | None = None
@@ -126,6 +127,8 @@ class Registry:
     def _apply(self, items: list[Revocation]) -> None:
         self._agents = {r.subject: r for r in items if r.kind == "agent"}
         self._tokens = {r.subject: r for r in items if r.kind == "token"}
+        if self._observe is not None:
+            self._observe(len(self._agents), len(self._tokens))
         for r in items:
             for task in list(self._inflight.get(r.subject, ())):
                 if task not in self._stopped:

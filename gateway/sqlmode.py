@@ -16,18 +16,21 @@ masked, not HTTP. The gateway's core authorises every dataset it names and runs 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from connectors.base import Filter
+from connectors.base import MAX_BOUND_VALUES, Filter
+from gateway import inputs, sqlpushdown
 from gateway.errors import BadRequest, Forbidden
 
 # SQLAlchemy dialect name -> sqlglot dialect.
@@ -72,6 +75,17 @@ PLAIN_TYPES = frozenset({
 })
 
 MAX_SQL_CHARS = 100_000
+# The work one statement may ask of the parser, the checks and the source: tokens (estimated before sqlglot
+# parses, which costs about 15 us a character), nodes of the parsed tree, nesting depth (a run of one operator,
+# `a OR b OR c`, counts once), and values written in it (literals, and IN-list items that are not literals).
+MAX_SQL_TOKENS = 12_000
+MAX_SQL_NODES = 5_000
+MAX_SQL_DEPTH = 128
+MAX_SQL_VALUES = MAX_BOUND_VALUES
+# Longer SQL is parsed and rewritten in a worker thread: sqlglot would hold the event loop over ~5 ms.
+ON_LOOP_CHARS = 256
+_TOKENS = re.compile(r"\w+|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|\S")
+_VALUES = (exp.Literal, exp.HexString, exp.BitString, exp.Null, exp.Boolean)
 
 
 def parse_body(body: bytes | None) -> str:
@@ -92,13 +106,18 @@ def parse_body(body: bytes | None) -> str:
     sql = data.get("sql")
     if not isinstance(sql, str) or not sql.strip():
         raise BadRequest('"sql" must be a non-empty string')
-    if len(sql) > MAX_SQL_CHARS or "\x00" in sql:
-        raise BadRequest("the SQL is too long or holds a NUL character")
+    if len(sql) > MAX_SQL_CHARS or not inputs.holdable(sql):
+        # A lone surrogate (`\ud800` in the JSON) is no UTF-8: no driver can send it (asyncpg failed mid-protocol
+        # on it and left its connection unusable for the next agent).
+        raise BadRequest("the SQL is too long or holds a NUL character or a lone surrogate")
     return sql
 
 
 def parse(sql: str, dialect: str) -> exp.Query:
     """One validated SELECT (or set operation of SELECTs), identifiers normalised as the dialect does."""
+    tokens = sum(1 for _ in _TOKENS.finditer(sql))
+    if tokens > MAX_SQL_TOKENS:
+        raise BadRequest(f"the SQL is too large: about {tokens} tokens, at most {MAX_SQL_TOKENS}")
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except (SqlglotError, ValueError, RecursionError) as exc:
@@ -110,9 +129,41 @@ def parse(sql: str, dialect: str) -> exp.Query:
         raise BadRequest("only a SELECT is allowed")
     for node in tree.walk():
         _check_node(node, dialect)
+    _check_size(tree)
     normalised = normalize_identifiers(tree, dialect=dialect)
     assert isinstance(normalised, (exp.Select, exp.SetOperation))
     return normalised
+
+
+T = TypeVar("T")
+
+
+async def off_loop(sql: str, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` (parsing or rewriting `sql`), in a worker thread when `sql` is long enough for sqlglot to hold
+    the event loop (ON_LOOP_CHARS): other requests, /healthz included, are served meanwhile."""
+    if len(sql) <= ON_LOOP_CHARS:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
+
+
+def _check_size(tree: exp.Expr) -> None:
+    """Refuse a statement over MAX_SQL_NODES nodes, MAX_SQL_DEPTH levels or MAX_SQL_VALUES values."""
+    depths: dict[int, int] = {}
+    values = deepest = 0
+    for nodes, node in enumerate(tree.walk(), 1):  # parents before their children
+        if nodes > MAX_SQL_NODES:
+            raise BadRequest(f"the SQL is too large: more than {MAX_SQL_NODES} parts")
+        parent = node.parent
+        chained = type(parent) is type(node) and isinstance(node, (exp.Connector, exp.Binary))
+        depth = depths[id(node)] = depths.get(id(parent), 0) + (0 if chained else 1)
+        deepest = max(deepest, depth)
+        if isinstance(node, _VALUES) or (isinstance(parent, exp.In) and node.arg_key == "expressions"
+                                         and node.find(*_VALUES) is None):  # an item holding no literal of its own
+            values += 1
+    if deepest > MAX_SQL_DEPTH:
+        raise BadRequest(f"the SQL is nested too deeply: {deepest} levels, at most {MAX_SQL_DEPTH}")
+    if values > MAX_SQL_VALUES:
+        raise BadRequest(f"the SQL holds {values} values (literals and IN-list items); at most {MAX_SQL_VALUES}")
 
 
 def _check_node(node: exp.Expr, dialect: str) -> None:
@@ -278,7 +329,11 @@ def rewrite(tree: exp.Query, refs: Sequence[exp.Table], sources: Mapping[str, So
             alias = exp.TableAlias(this=exp.to_identifier(ref.name))
         inner = exp.select(*cols).from_(real)
         if src.scope is not None:
-            inner = _fenced(inner.where(_scope_condition(src, binds, nonce)), dialect)
+            # The agent's plainly safe conditions on this dataset are copied inside the fence, beside the filter,
+            # so an index can serve them (gateway/sqlpushdown.py says why that leaks nothing).
+            condition = exp.and_(_scope_condition(src, binds, nonce), *sqlpushdown.copies(ref, src.columns,
+                                                                                         src.hidden))
+            inner = _fenced(inner.where(condition), dialect)
         sub = exp.Subquery(this=inner, alias=alias.copy())
         ref.replace(sub)
     limit = min(s.max_rows for s in sources.values())
@@ -347,3 +402,13 @@ def _scope_condition(src: Source, binds: dict[str, tuple[str, str, Any]], nonce:
                 terms.append(_COMPARISONS[f.op](this=col, expression=marker(f.column, f.value)))
         groups.append(exp.and_(*terms) if terms else exp.true())
     return exp.or_(*groups) if groups else exp.false()
+
+
+def row_cap(tree: exp.Query, cap: int) -> int:
+    """The rows a statement may return, as rewrite() will limit it: its whole-number LIMIT when lower than `cap`,
+    else `cap`. Known before the rewrite, so that a budget can set those rows aside before the read."""
+    current = tree.args.get("limit")
+    value = current.args.get("expression") if isinstance(current, exp.Limit) else None
+    if isinstance(value, exp.Literal) and value.is_int:
+        return max(0, min(cap, int(value.name)))
+    return cap

@@ -65,6 +65,9 @@ audit = Table(
     Column("client", Text),
     Column("user_agent", Text),
     Column("trace_id", String(32)),
+    # When `query` was kept capped: the whole one's length in bytes and its SHA-256 (gateway/audit.py).
+    Column("query_bytes", BigInteger),
+    Column("query_sha256", String(64)),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ix_audit_time", "time"),
@@ -128,6 +131,9 @@ usage_counters = Table(
     Column("window_start", String(20), primary_key=True),  # "2026-01-31T12:05" or "2026-01-31" (UTC)
     Column("requests", BigInteger, nullable=False),
     Column("rows", BigInteger, nullable=False),
+    # Day counters: rows set aside for reads in flight, and when the last was (Unix seconds); NULL: none.
+    Column("reserved", BigInteger),
+    Column("reserved_at", BigInteger),
 )
 
 # Human approvals (gateway/approvals.py).

@@ -24,8 +24,12 @@ from gateway.textsafe import terminal
 DATA_ACTIONS = ("read", "list", "describe", "sql")
 # `usage --by` -> the audit column and the key's name in --json.
 UNITS = {"agent": ("agent", "agent"), "dataset": ("dataset", "dataset"), "work-unit": ("work_unit", "work_unit")}
+# Only requests made with a valid token count: one without (no agent verified), or whose token was refused as it
+# was verified (401: a role's name as the subject), is anyone's traffic, and would let whoever sends it write
+# requests and cost onto any work unit or dataset it names.
+COUNTED = (audit_table.c.agent.is_not(None), audit_table.c.status != 401)
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([dhms])\s*$")
+_RELATIVE = re.compile(r"^\s*([0-9]{1,9})\s*([dhms])\s*$")  # ASCII digits (\d also takes '١٢'), no overflow
 _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -34,7 +38,10 @@ def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
     m = _RELATIVE.match(value)
     if m:
         moment = now or dt.datetime.now(dt.UTC)
-        return moment - dt.timedelta(seconds=int(m.group(1)) * _SECONDS[m.group(2)])
+        try:
+            return moment - dt.timedelta(seconds=int(m.group(1)) * _SECONDS[m.group(2)])
+        except OverflowError:  # before year 1
+            raise ValueError(f"{value!r} reaches back before year 1") from None
     return parse_time(value)
 
 
@@ -61,7 +68,7 @@ async def usage(engine: AsyncEngine, by: str, since: dt.datetime | None = None,
     column = c[UNITS[by][0]]
     stmt = (select(column, func.count(), func.sum(func.coalesce(c.rows, 0)), func.sum(func.coalesce(c.bytes, 0)),
                    func.sum(func.coalesce(c.source_ms, 0.0)))
-            .where(c.action.in_(DATA_ACTIONS)).group_by(column))
+            .where(c.action.in_(DATA_ACTIONS), *COUNTED).group_by(column))
     if since is not None:
         stmt = stmt.where(c.time >= since)
     if until is not None:

@@ -14,10 +14,12 @@ import datetime as dt
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -183,6 +185,29 @@ def mariadb_source() -> Iterator[str]:
 def pg_store() -> Iterator[str]:
     """An empty PostgreSQL database for one test's store."""
     yield from _database(PG_ADMIN, "store", "PostgreSQL")
+
+
+@contextlib.contextmanager
+def loopback_http(handler: type[BaseHTTPRequestHandler], prefix: str = "/api") -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 (an HTTP source for the gateway), its base URL, stopped afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{prefix}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store for one test, the test run once on a SQLite store and once on a PostgreSQL one."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    return str(request.getfixturevalue("pg_store"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -43,13 +44,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serving(config: Path, log: Path, *extra: str) -> Iterator[str]:
-    """`agentgate serve` on a free port; yields the base URL once /readyz answers 200."""
+def serving(config: Path, log: Path, *extra: str, open_files: int | None = None) -> Iterator[str]:
+    """`agentgate serve` on a free port; yields the base URL once /readyz answers 200. `open_files`: the
+    server's RLIMIT_NOFILE, soft and hard (so that it cannot raise it)."""
     port = free_port()
+
+    def limit() -> None:  # in the child, before it runs Python
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
                                  "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT, env=env(),
-                                cwd=Path(__file__).parent, start_new_session=True)
+                                cwd=Path(__file__).parent, start_new_session=True,
+                                preexec_fn=limit if open_files is not None else None)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT

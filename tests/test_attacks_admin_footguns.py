@@ -25,13 +25,6 @@ from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 ADMINS = POLICY + "g, bob, security-admin\np, direct-bot, customers, read, allow\n"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
-    return str(request.getfixturevalue("pg_store"))
-
-
 @pytest.fixture
 def config(tmp_path: Path, sqlite_source: str, store_url: str) -> Path:
     return write_workspace(tmp_path, source_url=sqlite_source, store_url=store_url, policy=ADMINS)

@@ -244,3 +244,64 @@ def test_the_mcp_sql_tool_holds_the_same_property(request: pytest.FixtureRequest
 
 REFUSED_BY_SOURCE = {"pg": "SELECT CAST(name AS INTEGER) AS n FROM customers",
                      "mariadb": "SELECT id + 9223372036854775807 AS x FROM customers"}
+
+
+# --- plainly safe conditions copied inside the fence (gateway/sqlpushdown.py) ------------------------------------
+
+SAFE = {
+    "key lookup": ("SELECT id FROM customers WHERE id = 5", lambda r: r["id"] == 5),
+    "range": ("SELECT id FROM customers WHERE id BETWEEN 10 AND 30 AND id <> 20",
+              lambda r: 10 <= r["id"] <= 30 and r["id"] != 20),
+    "list": ("SELECT c.id AS id FROM customers c WHERE c.id IN (1, 2, 3, 6, 7, 8) AND 40 > c.id",
+             lambda r: r["id"] in (1, 2, 3, 6, 7, 8)),
+    "join": ("SELECT c.id AS id FROM customers c JOIN customers d ON d.id = c.id WHERE c.id < 9 AND d.id > 2",
+             lambda r: 2 < r["id"] < 9),
+    "outer join (not copied)": ("SELECT c.id AS id FROM customers c LEFT JOIN customers d ON d.id = c.id + 100 "
+                                "WHERE c.id >= 50", lambda r: r["id"] >= 50),
+}
+
+
+@pytest.mark.parametrize("who", list(AGENTS))
+def test_copied_conditions_answer_exactly_the_visible_rows_and_stay_no_oracle(gw: tuple[str, TestClient],
+                                                                              who: str) -> None:
+    dialect, client = gw
+    agent, claims, visible = AGENTS[who]
+    by_id = {r["id"]: r for r in ROWS}
+    for label, (statement, keep) in SAFE.items():
+        got = client.post("/v1/sql", json={"sql": statement}, headers=bearer(agent, **claims))
+        assert got.status_code == 200, (label, got.text)
+        expected = sorted(i for i in visible if keep(by_id[i]))[:25]
+        assert sorted(r["id"] for r in got.json()["rows"]) == expected, label
+    # A copied condition beside an oracle: the oracle still runs on visible rows only.
+    oracle = f"SELECT id FROM customers WHERE id <= 40 AND {arm(dialect, agent)} = 0 AND id IN (1, 2, 3, 4, 5, 6)"
+    got = client.post("/v1/sql", json={"sql": oracle}, headers=bearer(agent, **claims))
+    assert got.status_code == 200, got.text
+    assert {r["id"] for r in got.json()["rows"]} == {i for i in visible if i <= 6}
+
+
+def test_postgresql_serves_a_copied_condition_below_the_fence(pg_source: str) -> None:
+    import asyncio
+    import json
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def plan() -> dict[str, Any]:
+        engine = create_async_engine(pg_source)
+        try:
+            async with engine.connect() as conn:
+                sql = _regenerated("postgres", "SELECT id FROM customers WHERE id = 7 AND 1000 / (id - 1) <> 0")
+                got = await conn.execute(text("EXPLAIN (FORMAT JSON) " + sql.replace(":", "\\:")))
+                raw = got.scalar_one()
+                return (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]  # type: ignore[no-any-return]
+        finally:
+            await engine.dispose()
+
+    top = asyncio.run(plan())
+    scan = top["Plans"][0] if top["Node Type"] == "Limit" else top
+    assert scan["Node Type"] == "Subquery Scan" and "1000" in scan["Filter"], scan
+    table = scan["Plans"][0]
+    if table["Node Type"] == "Limit":
+        table = table["Plans"][0]
+    below = json.dumps(table)
+    assert "= 7" in below and "1000" not in below, table  # the copy beside the filter; the oracle above it

@@ -39,13 +39,6 @@ def iso(moment: dt.datetime) -> str:
     return moment.isoformat()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
-    return str(request.getfixturevalue("pg_store"))
-
-
 def workspace(root: Path, source: str, store: str, extra: str = "") -> Path:
     cfg = write_workspace(root, source_url=source, store_url=store, extra=extra)
     asyncio.run(_fill(store))

@@ -36,13 +36,6 @@ from tests.conftest import bearer, client_for, records, token, write_workspace
 ALICE = bearer("alice")  # security-admin: admin:audit read
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
-    return str(request.getfixturevalue("pg_store"))
-
-
 def workspace(tmp_path: Path, source: str, store: str, verify_seconds: float) -> Path:
     return write_workspace(tmp_path, source_url=source, store_url=store,
                            extra=f"\n[audit]\nverify_seconds = {verify_seconds}\n")

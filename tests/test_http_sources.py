@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -18,7 +17,7 @@ from starlette.testclient import TestClient
 
 from connectors.base import InvalidQuery
 from connectors.http import HttpConnector, confine
-from tests.conftest import POLICY, bearer, client_for, records, token, write_workspace
+from tests.conftest import POLICY, bearer, client_for, loopback_http, records, token, write_workspace
 
 UPSTREAM_SECRET = "Bearer upstream-secret-token"
 BIG = 10 * 1024 * 1024 + 1
@@ -92,17 +91,8 @@ class Upstream(BaseHTTPRequestHandler):
 @pytest.fixture
 def upstream() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
-    handler = type("Handler", (Upstream,), {"seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with loopback_http(type("Handler", (Upstream,), {"seen": seen})) as base:
+        yield base, seen
 
 
 @pytest.fixture

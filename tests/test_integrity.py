@@ -26,13 +26,6 @@ KEY = "checkpoint-key-" + "k" * 32
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
-    return str(request.getfixturevalue("pg_store"))
-
-
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[AsyncEngine]:
     async with opened_store(store_url) as engine:

@@ -8,16 +8,14 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import DATASETS, POLICY, bearer, write_workspace
+from tests.conftest import DATASETS, POLICY, bearer, loopback_http, write_workspace
 from tests.serving import serving
 from tests.test_http_sources import UPSTREAM_SECRET, Upstream
 from tests.test_mcp import mcp_session
@@ -36,16 +34,8 @@ GRANTS = POLICY + "p, support, tickets, read, allow\n"
 
 @pytest.fixture
 def upstream() -> Iterator[str]:
-    handler = type("Handler", (Upstream,), {"seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(type("Handler", (Upstream,), {"seen": []})) as base:
+        yield base
 
 
 class Trail:

@@ -79,6 +79,8 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, sqlite_source: str) -> Tra
 def _expected(records: list[dict[str, Any]], field: str) -> dict[str | None, dict[str, Any]]:
     out: dict[str | None, dict[str, Any]] = {}
     for r in records:
+        if r["agent"] is None or r["status"] == 401:  # no valid token: not usage
+            continue
         keys = r[field].split(",") if field == "dataset" and r[field] else [r[field]]
         for key in keys:
             u = out.setdefault(key, {"requests": 0, "rows": 0, "bytes": 0, "source_ms": 0.0})
@@ -121,7 +123,7 @@ def test_usage_json_by_agent_dataset_and_work_unit(traffic: Traffic) -> None:
     assert by_agent["support-bot"]["requests"] == 3 and by_agent["support-bot"]["rows"] == 8
     # analyst-bot: 4 rows read, 2 through SQL mode, and its listing's rows are the datasets it names.
     assert by_agent["analyst-bot"]["requests"] == 3 and by_agent["analyst-bot"]["rows"] == 4 + 2 + 2
-    assert by_agent[None]["requests"] == 1
+    assert None not in by_agent  # the request without a token is nobody's usage
     assert "alice" not in by_agent
 
     by_dataset = _by_key(json.loads(datasets.stdout), "dataset")
@@ -129,11 +131,11 @@ def test_usage_json_by_agent_dataset_and_work_unit(traffic: Traffic) -> None:
     # The SQL-mode record counts under each dataset it touched.
     assert by_dataset["customers"]["requests"] == 3 and by_dataset["customers"]["rows"] == 10
     assert by_dataset["orders"]["requests"] == 3 and by_dataset["orders"]["rows"] == 6
-    assert by_dataset[None]["requests"] == 2  # the listings
+    assert by_dataset[None]["requests"] == 1  # the listing (the one without a token does not count)
 
     by_unit = _by_key(json.loads(units.stdout), "work_unit")
     _same(by_unit, _expected(traffic.records, "work_unit"))
-    assert {k: v["requests"] for k, v in by_unit.items()} == {"T-1": 2, "T-2": 2, "T-3": 1, None: 2}
+    assert {k: v["requests"] for k, v in by_unit.items()} == {"T-1": 2, "T-2": 2, "T-3": 1, None: 1}
     assert by_unit["T-3"]["source_ms"] == pytest.approx(1000.0)
     assert by_unit["T-1"]["bytes"] > 0
 
@@ -153,7 +155,7 @@ def test_usage_text_and_cost(traffic: Traffic) -> None:
     assert text.returncode == 0, output(text)
     head, *rows = text.stdout.strip().splitlines()
     assert head.split() == ["work_unit", "requests", "rows", "bytes", "source_ms"]
-    assert {r.split()[0]: int(r.split()[1]) for r in rows} == {"T-1": 2, "T-2": 2, "T-3": 1, "(none)": 2}
+    assert {r.split()[0]: int(r.split()[1]) for r in rows} == {"T-1": 2, "T-2": 2, "T-3": 1, "(none)": 1}
 
     assert priced_text.returncode == 0, output(priced_text)
     assert priced_text.stdout.splitlines()[0].split()[-1] == "cost"
@@ -195,12 +197,12 @@ def test_usage_on_a_postgresql_store(tmp_path: Path, sqlite_source: str, pg_stor
     ])
     assert datasets.returncode == 0, output(datasets)
     by_dataset = _by_key(json.loads(datasets.stdout), "dataset")
-    assert {k: v["requests"] for k, v in by_dataset.items()} == {"customers": 3, "orders": 3, None: 2}
+    assert {k: v["requests"] for k, v in by_dataset.items()} == {"customers": 3, "orders": 3, None: 1}
     assert by_dataset["customers"]["rows"] == 10 and by_dataset["orders"]["rows"] == 6
     assert by_dataset["customers"]["bytes"] > 100
     assert agents.returncode == 0, output(agents)
     assert {r.split()[0]: int(r.split()[1]) for r in agents.stdout.strip().splitlines()[1:]} == {
-        "support-bot": 3, "analyst-bot": 3, "(none)": 1}
+        "support-bot": 3, "analyst-bot": 3}  # the request without a token is nobody's usage
 
 
 def test_usage_on_an_empty_trail(tmp_path: Path, sqlite_source: str) -> None:

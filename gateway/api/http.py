@@ -25,7 +25,9 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
 
 async def read_asgi_body(receive: Receive, limit: int, declared: str | None) -> tuple[bytes, bool]:
     """`read_body` on the ASGI receive channel itself (the hot path serves reads without a Request object)."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # ASCII digits only ('²'.isdigit() is true and int('²') raises), and no int() of thousands of them.
+    if declared is not None and declared.isascii() and declared.isdigit() and (
+            len(declared) > 18 or int(declared) > limit):
         return b"", True
     chunks: list[bytes] = []
     size = 0

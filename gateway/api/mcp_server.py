@@ -11,10 +11,12 @@ core too, as a JSON-RPC error an MCP client shows; a tools/call the SDK itself r
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import pydantic_core
 from mcp import MCPError, types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -274,14 +276,60 @@ class McpEndpoint:
             except GatewayError:
                 pass
             else:
-                manager: StreamableHTTPSessionManager = state.mcp
-                await manager.handle_request(scope, _replay(body, receive), send)
+                refused = _unreadable_call(body, authorization, scope)
+                if refused is None:
+                    manager: StreamableHTTPSessionManager = state.mcp
+                    await manager.handle_request(scope, _replay(body, receive), send)
+                    return
+                answer = await gateway.handle(refused)
+                await raw_json(answer.status, _refusal(answer, body), refused.request_id, answer.headers)(
+                    scope, receive, send)
                 return
         request_id = new_request_id()
         answer = await gateway.handle(ReadRequest(request_id=request_id, operation="list", body_too_large=too_large,
                                                   authorization=authorization, transport="mcp",
                                                   **_fields(caller.from_scope(scope, state.proxies))))
         await raw_json(answer.status, _refusal(answer, body), request_id, answer.headers)(scope, receive, send)
+
+
+# What the SDK's JSON parser (pydantic_core.from_json) refuses in a body Python's json reads: a lone surrogate
+# (an escape \ud800-\udfff not in a pair, or its three UTF-8 bytes) and nesting past its depth limit (200).
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SDK_DEPTH_HINT = 190  # opening brackets: fewer cannot nest past the SDK's limit
+
+
+def _unreadable_call(body: bytes, authorization: str | None, scope: Scope) -> ReadRequest | None:
+    """A tools/call the SDK's parser cannot read, though it is JSON: a lone surrogate in it (REST refuses such a
+    value with 400), or arguments nested past the parser's depth limit. The SDK answers those with a parse error
+    before it sees a tool call, and nothing would record them; they are refused through the core instead, as a
+    call with bad arguments (400, one record). Everything else goes to the SDK as it is. The two parses here
+    run only for bodies that hint at either (a regular expression and a count, in C)."""
+    suspect = (b"\\u" in body or b"\xed" in body) and _SURROGATE_HINT.search(body) is not None
+    if not suspect and body.count(b"[") + body.count(b"{") < _SDK_DEPTH_HINT:
+        return None
+    try:
+        pydantic_core.from_json(body)
+        return None  # the SDK reads it (a surrogate pair written as two escapes, brackets in strings)
+    except ValueError:
+        pass
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON at all: no tool call to speak of (the SDK's parse error answers it)
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    params = message.get("params")
+    try:
+        recorded: str | None = _json(params)
+    except RecursionError:
+        recorded = None
+    name = params.get("name") if isinstance(params, dict) else None
+    return ReadRequest(
+        request_id=new_request_id(), operation=_OPERATIONS.get(name, "unknown") if isinstance(name, str) else "unknown",
+        authorization=authorization, transport="mcp", recorded_query=recorded,
+        route_error=BadRequest("the call cannot be read: it holds a lone surrogate (a \\ud800-\\udfff escape not "
+                               "in a pair) or is nested too deeply"),
+        **_fields(caller.from_scope(scope, scope["app"].state.proxies)))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

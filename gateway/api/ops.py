@@ -23,6 +23,9 @@ async def readyz(request: Request) -> Response:
     # every request (on after the break), and taking every replica out of rotation would turn a tampered
     # store into an outage. It is for people and alerts (this detail, /metrics, the log), not balancers.
     body["audit_chain"] = state.gateway.chain.summary()
+    # The open-file limit and the connection cap it leaves (gateway/connections.py); "low": the cap is under
+    # [server] max_connections. Detail only: the gateway serves; an operator raises the limit.
+    body["connections"] = state.capacity.detail()
     if holder.refused:
         # The last good policy still serves; say what was refused and why.
         body["refused"] = holder.refused

@@ -71,7 +71,7 @@ def _pretty(value: Any) -> str:
     if isinstance(value, str):
         try:
             return json.dumps(json.loads(value), indent=2, ensure_ascii=False, sort_keys=False)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser (a recorded body can be)
             return value
     return str(value)
 
