@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table
-from read_path import BODY, PATH, PG, RawClient, Server, create_databases, token, workspace
+from read_path import BODY, PATH, PG, RawClient, Server, create_databases, tear_down, token, workspace
 
 from gateway.config import LimitSettings
 
@@ -83,12 +82,7 @@ async def gateway_on_postgres(extra_config: str = "", workers: int = 1, agents: 
         await server.ready()
         yield Gateway(server, source_db, store_db, config)
     finally:
-        if server is not None:
-            server.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{source_db}" WITH (FORCE)')
-        await admin.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
-        await admin.close()
-        shutil.rmtree(root, ignore_errors=True)
+        await tear_down(admin, server, (source_db, store_db), root)
 
 
 async def agent_latencies(port: int, seconds: float, agent: str = "bench-agent-0") -> list[float]:
@@ -325,12 +319,7 @@ async def heavy_gateway(big_rows: int) -> AsyncIterator[Gateway]:
         await server.ready()
         yield Gateway(server, source_db, store_db, config)
     finally:
-        if server is not None:
-            server.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{source_db}" WITH (FORCE)')
-        await admin.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
-        await admin.close()
-        shutil.rmtree(root, ignore_errors=True)
+        await tear_down(admin, server, (source_db, store_db), root)
 
 
 def rss_mb(server: Server) -> float:

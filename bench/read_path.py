@@ -529,6 +529,16 @@ def summarise_profile(path: Path, top: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def tear_down(admin: Any, server: Server | None, dbs: tuple[str, ...], root: Path) -> None:
+    """Stop the server, drop the bench's databases, remove its folder."""
+    if server is not None:
+        server.stop()
+    for db in dbs:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await admin.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 async def audit_count(store_db: str) -> int:
     conn = await asyncpg.connect(f"{PG}/{store_db}")
     try:
@@ -593,12 +603,7 @@ async def run(args: argparse.Namespace) -> int:
         served_200 = sum(p.done - p.bad for p in phases if p.name.startswith("gateway"))
         audited = await audit_count(store_db)
     finally:
-        if server is not None:
-            server.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{source_db}" WITH (FORCE)')
-        await admin.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
-        await admin.close()
-        shutil.rmtree(root, ignore_errors=True)
+        await tear_down(admin, server, (source_db, store_db), root)
 
     print()
     print(f"10-row read of a PostgreSQL dataset ({os.cpu_count()} cores shared by client, gateway and PostgreSQL;")

@@ -145,7 +145,9 @@ def _regenerated(dialect: str, statement: str) -> str:
 AGENT_CONDITION = "SELECT id FROM customers WHERE 1000 / (id - 1) <> 0"
 
 
-def test_postgresql_plans_the_agents_condition_above_the_filtered_subquery(pg_source: str) -> None:
+def _pg_plan(pg_source: str, statement: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PostgreSQL's plan for the SQL the gateway sends for `statement`: (the subquery scan standing for the
+    dataset, the scan of its table below it)."""
     import asyncio
     import json
 
@@ -156,7 +158,7 @@ def test_postgresql_plans_the_agents_condition_above_the_filtered_subquery(pg_so
         engine = create_async_engine(pg_source)
         try:
             async with engine.connect() as conn:
-                sql = _regenerated("postgres", AGENT_CONDITION)
+                sql = _regenerated("postgres", statement)
                 got = await conn.execute(text("EXPLAIN (FORMAT JSON) " + sql.replace(":", "\\:")))
                 raw = got.scalar_one()
                 return (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]  # type: ignore[no-any-return]
@@ -164,14 +166,19 @@ def test_postgresql_plans_the_agents_condition_above_the_filtered_subquery(pg_so
             await engine.dispose()
 
     top = asyncio.run(plan())
-    # Limit (the answer's) -> Subquery Scan filtered by the agent's condition -> the table scan filtered by the row
-    # filter alone.
+    # Limit (the answer's) -> Subquery Scan (the dataset) -> the table's scan. PostgreSQL plans no node for
+    # OFFSET 0; the subquery stays whole all the same.
     scan = top["Plans"][0] if top["Node Type"] == "Limit" else top
     assert scan["Node Type"] == "Subquery Scan", top
-    assert "1000" in scan["Filter"] and "DE" not in scan["Filter"], scan
     table = scan["Plans"][0]
-    if table["Node Type"] == "Limit":  # PostgreSQL plans no node for OFFSET 0; the subquery stays whole all the same
+    if table["Node Type"] == "Limit":
         table = table["Plans"][0]
+    return scan, table
+
+
+def test_postgresql_plans_the_agents_condition_above_the_filtered_subquery(pg_source: str) -> None:
+    scan, table = _pg_plan(pg_source, AGENT_CONDITION)
+    assert "1000" in scan["Filter"] and "DE" not in scan["Filter"], scan
     assert "DE" in table["Filter"] and "1000" not in table["Filter"], table
 
 
@@ -280,28 +287,9 @@ def test_copied_conditions_answer_exactly_the_visible_rows_and_stay_no_oracle(gw
 
 
 def test_postgresql_serves_a_copied_condition_below_the_fence(pg_source: str) -> None:
-    import asyncio
     import json
 
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async def plan() -> dict[str, Any]:
-        engine = create_async_engine(pg_source)
-        try:
-            async with engine.connect() as conn:
-                sql = _regenerated("postgres", "SELECT id FROM customers WHERE id = 7 AND 1000 / (id - 1) <> 0")
-                got = await conn.execute(text("EXPLAIN (FORMAT JSON) " + sql.replace(":", "\\:")))
-                raw = got.scalar_one()
-                return (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]  # type: ignore[no-any-return]
-        finally:
-            await engine.dispose()
-
-    top = asyncio.run(plan())
-    scan = top["Plans"][0] if top["Node Type"] == "Limit" else top
-    assert scan["Node Type"] == "Subquery Scan" and "1000" in scan["Filter"], scan
-    table = scan["Plans"][0]
-    if table["Node Type"] == "Limit":
-        table = table["Plans"][0]
+    scan, table = _pg_plan(pg_source, "SELECT id FROM customers WHERE id = 7 AND 1000 / (id - 1) <> 0")
+    assert "1000" in scan["Filter"], scan
     below = json.dumps(table)
     assert "= 7" in below and "1000" not in below, table  # the copy beside the filter; the oracle above it
