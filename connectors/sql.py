@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import fcntl
 import math
 import operator
 import re
@@ -87,10 +88,14 @@ def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_o
             settings["default_transaction_read_only"] = "on"
         connect_args["server_settings"] = settings
         connect_args["timeout"] = min(timeout_seconds, 10.0)
+        connect_args["command_timeout"] = timeout_seconds
         # Autocommit: one statement, one round trip; no BEGIN/ROLLBACK around every read. No overflow:
         # a connection opened for a burst is closed again on return, and opening one costs more than a read.
+        # This pool is the source's only one: the reader (_PgReader) borrows its connections as asyncpg's own,
+        # so `pool_size` bounds what every interface holds together. JSON comes back as its text, as asyncpg
+        # gives it (SQLAlchemy's codec would make it a dict, then written out as Python's repr).
         kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=timeout_seconds,
-                      isolation_level="AUTOCOMMIT")
+                      isolation_level="AUTOCOMMIT", json_deserializer=_json_text)
     elif backend in ("mysql", "mariadb"):
         init = f"SET SESSION max_statement_time={timeout_seconds:g}"
         if read_only:
@@ -106,49 +111,75 @@ def make_engine(url: str, *, timeout_seconds: float, pool_size: int = 10, read_o
 
 
 def seed_sqlite(url: str, seed: Path) -> bool:
-    """Create a SQLite source from a seed script on first run; True when it did."""
+    """Create a SQLite source from a seed script on first run; True when it did.
+
+    Replicas (and a supervisor and its workers) started at once on a fresh folder all get here: one seeds, under
+    an exclusive lock on a file beside the database, and the others wait for it and then find the database made.
+    Without the lock two of them wrote the same temporary file (`table ... already exists`) or one renamed it
+    from under the other (`attempt to write a readonly database`)."""
     database = make_url(url).database
     assert database
     target = Path(database)
-    if target.exists():
+    if target.exists():  # made only by the rename below: whole, never half-seeded
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".seeding")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
-    try:
-        conn.executescript(seed.read_text(encoding="utf-8"))
-        conn.commit()
-    finally:
-        conn.close()
-    tmp.replace(target)  # atomic: a crash mid-seed never leaves a half-made source
-    return True
+    lock_path = target.with_name(target.name + ".seed-lock")
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        seeded = not target.exists()  # else another process seeded it while this one waited
+        if seeded:
+            tmp = target.with_name(target.name + ".seeding")
+            tmp.unlink(missing_ok=True)  # left by a seed that crashed
+            conn = sqlite3.connect(tmp)
+            try:
+                conn.executescript(seed.read_text(encoding="utf-8"))
+                conn.commit()
+            finally:
+                conn.close()
+            tmp.replace(target)  # atomic: a crash mid-seed never leaves a half-made source
+        # Safe to remove once the database exists: whoever still waits on this file, or makes a new one, looks
+        # for the database first once it holds the lock, and finds it. (A failed seed leaves it: harmless.)
+        lock_path.unlink(missing_ok=True)
+    return seeded
+
+
+def _json_text(value: str) -> str:
+    return value
 
 
 class _PgReader:
-    """Runs SQLAlchemy-built SELECTs on an asyncpg pool, each compiled once per query shape (the connector keeps
-    the compiled form with the shape's statement), executed as a prepared statement."""
+    """Runs SQLAlchemy-built SELECTs on asyncpg connections, each compiled once per query shape (the connector keeps
+    the compiled form with the shape's statement), executed as a prepared statement.
 
-    def __init__(self, engine: AsyncEngine, timeout_seconds: float, pool_size: int):
+    The connections are the engine's, borrowed from its pool as the asyncpg connections they are: one pool per
+    source (its sessions read-only and time-limited, see make_engine), whatever reads from it. A pool of its own
+    here, beside the engine's that SQL mode and reflection use, let a source hold twice `pool_size` connections."""
+
+    def __init__(self, engine: AsyncEngine):
         self._engine = engine
         self._dialect = engine.dialect
-        self._timeout = timeout_seconds
-        self._size = pool_size
-        self._pool: Any = None
-        self._lock = asyncio.Lock()
 
-    async def _get_pool(self) -> Any:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    url = self._engine.url.set(drivername="postgresql")
-                    self._pool = await asyncpg.create_pool(
-                        url.render_as_string(hide_password=False), min_size=1, max_size=self._size,
-                        timeout=min(self._timeout, 10.0), command_timeout=self._timeout,
-                        server_settings={"statement_timeout": str(int(self._timeout * 1000)),
-                                         "default_transaction_read_only": "on"},
-                        reset=_keep_session)
-        return self._pool
+    @contextlib.asynccontextmanager
+    async def _borrowed(self) -> AsyncIterator[Any]:
+        """An asyncpg connection of the engine's pool for one read, returned after it. Returning it costs no round
+        trip (nothing to reset: the read ran in autocommit, or in a transaction of its own that has ended). A
+        read that failed other than by the server's refusal may leave the connection mid-protocol: it is
+        terminated, never handed to the next read, and the pool opens another when one is wanted."""
+        # No timeout of the pool's own to keep apart: the caller's bounds the wait for a connection and the read
+        # together (the pool's, pool_timeout, is the same length).
+        borrowed = await self._engine.raw_connection()
+        try:
+            yield borrowed.driver_connection
+        except asyncpg.PostgresError:
+            raise  # the server's own refusal: the connection is as it was
+        except BaseException:
+            # Outside SQLAlchemy's greenlet, invalidating terminates the connection at once (no graceful close
+            # to wait on while cancelled).
+            with contextlib.suppress(Exception):
+                borrowed.invalidate()
+            raise
+        finally:
+            borrowed.close()
 
     def compile(self, stmt: Any) -> Any:
         return stmt.compile(dialect=self._dialect)
@@ -159,26 +190,14 @@ class _PgReader:
         params = compiled.construct_params(params=values)
         processors = compiled._bind_processors
         args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
-        pool = await self._get_pool()
-        # No timeout of the pool's own: the caller's bounds the wait for a connection and the read together
-        # (asyncpg would run the wait in a task of its own, created and scheduled on every read).
-        async with pool.acquire() as conn:
-            try:
-                if rows <= _BATCH_ROWS:
-                    return list(await conn.fetch(compiled.string, *args))
-                return (await _batched(conn, compiled.string, args, rows))[1]
-            except asyncpg.PostgresError:
-                raise  # the server's own refusal: the connection is as it was
-            except BaseException:
-                # Anything else (a value the driver could not encode, a read cancelled mid-way) may leave the
-                # connection mid-protocol: closed, never handed to the next read.
-                conn.terminate()
-                raise
+        async with self._borrowed() as conn:
+            if rows <= _BATCH_ROWS:
+                return list(await conn.fetch(compiled.string, *args))
+            return (await _batched(conn, compiled.string, args, rows))[1]
 
     async def select(self, statement: TextClause | str, limit: int) -> tuple[list[str], list[Any]]:
         """A large SQL-mode read (already built and validated, its LIMIT written in it): its column names and at
-        most `limit` rows, read in batches as a large page is. The pool's sessions are read-only and time-limited
-        as the engine's are."""
+        most `limit` rows, read in batches as a large page is, on one of the engine's connections."""
         if isinstance(statement, str):
             sql, args = statement, []
         else:  # row-filter values, bound as their columns' types
@@ -187,19 +206,8 @@ class _PgReader:
             processors = compiled._bind_processors
             sql = compiled.string
             args = [processors[n](params[n]) if n in processors else params[n] for n in compiled.positiontup]
-        pool = await self._get_pool()
-        async with pool.acquire() as conn:
-            try:
-                return await _batched(conn, sql, args, limit)
-            except asyncpg.PostgresError:
-                raise  # the server's own refusal: the connection is as it was
-            except BaseException:
-                conn.terminate()  # as in fetch
-                raise
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        async with self._borrowed() as conn:
+            return await _batched(conn, sql, args, limit)
 
 
 # A page that may hold more rows than this is read in batches of this many (PostgreSQL).
@@ -221,15 +229,8 @@ async def _batched(conn: Any, sql: str, args: list[Any], limit: int) -> tuple[li
     return columns, out
 
 
-async def _keep_session(conn: Any) -> None:
-    """The pool's reset on release. asyncpg's default (pg_advisory_unlock_all, CLOSE ALL, UNLISTEN *, RESET ALL)
-    costs a round trip per read; this pool only runs single read-only SELECTs, which leave no session state
-    behind. (asyncpg still rolls back a transaction left open, and drops a connection whose query was
-    cancelled, before it calls this.)"""
-
-
 class SqlConnector:
-    def __init__(self, name: str, engine: AsyncEngine, *, timeout_seconds: float, pool_size: int = 10):
+    def __init__(self, name: str, engine: AsyncEngine, *, timeout_seconds: float):
         self.name = name
         self._engine = engine
         self._timeout = timeout_seconds
@@ -246,8 +247,8 @@ class SqlConnector:
             _SHAPES_LIMIT, _COMPILED_BYTES, lambda _, v: _COMPILED_PER_CHAR * len(getattr(v, "string", "") or ""))
         engine.sync_engine.update_execution_options(compiled_cache=self._compiled)
         # PostgreSQL reads skip SQLAlchemy's execution layer (a third of the gateway's CPU per read):
-        # statements are still built and compiled by SQLAlchemy, then run on an asyncpg pool.
-        self._pg = _PgReader(engine, timeout_seconds, pool_size) if engine.dialect.name == "postgresql" else None
+        # statements are still built and compiled by SQLAlchemy, then run on the engine's asyncpg connections.
+        self._pg = _PgReader(engine) if engine.dialect.name == "postgresql" else None
         self._lock = asyncio.Lock()
 
     @property
@@ -394,8 +395,6 @@ class SqlConnector:
         return text(escaped).bindparams(*params)
 
     async def close(self) -> None:
-        if self._pg is not None:
-            await self._pg.close()
         await self._engine.dispose()
 
     async def _table(self, table: str) -> Table:

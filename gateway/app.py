@@ -30,6 +30,7 @@ from gateway.reloader import PolicyReloader, load_checked_policy
 from gateway.revocations import Registry
 from gateway.sources import check_tables, open_http_sources, open_sources
 from gateway.store import create_tables, make_store_engine, shared_secret
+from gateway.storewait import Waiting
 from gateway.sync import StoreSync
 from gateway.web import routes as web_routes
 
@@ -40,15 +41,21 @@ log = logging.getLogger("agentgate")
 
 class GatewayApp(Starlette):
     """Starlette, with the agents' hot path (POST /v1/datasets/{name}/query) dispatched before the middleware
-    stack and router: the same handler code, less plumbing per read. Everything else takes the usual way."""
+    stack and router: the same handler code, less plumbing per read. Everything else takes the usual way.
+    Until the gateway has started whole (`serving`), a gateway waiting for its store answers for itself."""
+
+    serving = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = data.query_route(scope)
         try:
             # Not while starting (no gateway yet), nor if middleware was ever added: it must see every request.
-            if name is not None and not self.user_middleware and hasattr(self.state, "gateway"):
+            if name is not None and self.serving and not self.user_middleware:
                 scope["app"] = self
                 await data.query_asgi(self.state, name, scope, receive, send)
+                return
+            waiting = None if self.serving else getattr(self.state, "waiting", None)
+            if waiting is not None and scope["type"] == "http" and await waiting.answer(scope, receive, send):
                 return
             await super().__call__(scope, receive, send)
         except ClientDisconnect:
@@ -57,19 +64,24 @@ class GatewayApp(Starlette):
             pass
 
 
-def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
+def create_app(settings: Settings, *, watch_policy: bool = True, wait_for_store: float | None = None) -> Starlette:
+    """`wait_for_store`: seconds to wait for a store not there at start (serve --wait-for-store), answering
+    503 meanwhile (gateway/storewait.py); None: the store is there, or the start fails."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = app.state
         state.settings = settings
         state.metrics = metrics = Metrics(operations=[*ACTIONS, "unknown"], sources=settings.sources)
-        state.store = store = make_store_engine(settings.store.url)
-        async with contextlib.AsyncExitStack() as stack:
-            stack.callback(metrics.close)
-            stack.push_async_callback(store.dispose)
+        # The pool's checkout, a connect and SQLite's write lock are waited for no longer than an audit record.
+        write_timeout = settings.audit.write_timeout_seconds
+        state.store = store = make_store_engine(settings.store.url, wait_seconds=write_timeout)
+
+        async def start(stack: contextlib.AsyncExitStack) -> None:
+            """Everything that needs the store, what it opens entered into `stack`."""
             await create_tables(store)
             cursors = CursorCodec(await shared_secret(store, "cursor_key"))
-            trail = AuditTrail(store, observe=metrics.observe_audit)
+            trail = AuditTrail(store, write_timeout=write_timeout, observe=metrics.observe_audit)
             await trail.start()
             stack.push_async_callback(trail.close)
             sources = await asyncio.to_thread(open_sources, settings.sources)
@@ -125,11 +137,26 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
             await stack.enter_async_context(mcp_manager.run())
             log.info("agentgate ready: %d datasets, %d policy lines, store %s",
                      len(policy.catalog.datasets), len(policy.rules), settings.store.dialect)
+
+        def ready() -> None:
+            app.serving = True  # type: ignore[attr-defined]  # GatewayApp's
             # What start-up made lives as long as the process: out of the collector's sight, so that a full
             # collection (a large read makes several) walks only what requests made (~0.4 s less each, held with
             # the GIL: no request, /healthz included, is served meanwhile). Given back when the app stops.
             gc.freeze()
+
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(metrics.close)
+            stack.push_async_callback(store.dispose)
             stack.callback(gc.unfreeze)
+            if wait_for_store is None:
+                await start(stack)
+                ready()
+            else:
+                state.waiting = waiting = Waiting(settings.store.url, store, wait_for_store, write_timeout, start,
+                                                  ready)
+                stack.push_async_callback(waiting.close)
+                waiting.begin()
             yield
 
     mcp_route = Route("/mcp", mcp_server.McpEndpoint())
@@ -137,6 +164,12 @@ def create_app(settings: Settings, *, watch_policy: bool = True) -> Starlette:
                      lifespan=lifespan)
 
 
+# serve --workers N --wait-for-store SECONDS: the seconds, for the workers.
+WAIT_FOR_STORE_VARIABLE = "AGENTGATE_WAIT_FOR_STORE"
+
+
 def app_from_env() -> Starlette:
-    """Factory for `uvicorn --factory` and for worker processes: the config named by $AGENTGATE_CONFIG."""
-    return create_app(load_settings(find_config(None, os.environ)))
+    """Factory for `uvicorn --factory` and for worker processes: the config named by $AGENTGATE_CONFIG (and
+    --wait-for-store's seconds by $AGENTGATE_WAIT_FOR_STORE)."""
+    wait = os.environ.get(WAIT_FOR_STORE_VARIABLE)
+    return create_app(load_settings(find_config(None, os.environ)), wait_for_store=float(wait) if wait else None)

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit import format_time, now
 from gateway.errors import BudgetExceeded, Forbidden, Unavailable
 from gateway.store import approvals as table
+from gateway.store import reading
 
 STATUSES = ("pending", "approved", "denied")
 # What an agent at its cap of pending approvals is told to wait before asking again: pending approvals do not
@@ -177,7 +178,7 @@ async def open_request(engine: AsyncEngine, agent: str, dataset: str, owner: str
 
 async def get(engine: AsyncEngine, aid: str) -> Approval | None:
     try:
-        async with engine.connect() as conn:
+        async with reading(engine).connect() as conn:
             found = (await conn.execute(select(table).where(table.c.id == aid))).one_or_none()
     except (SQLAlchemyError, OSError) as exc:
         raise _unavailable(exc) from exc
@@ -198,7 +199,7 @@ async def listing(engine: AsyncEngine, status: str | None = "pending", limit: in
         asked = select(table.c.requested_at).where(table.c.id == before).scalar_subquery()
         stmt = stmt.where((table.c.requested_at < asked) | ((table.c.requested_at == asked) & (table.c.id < before)))
     try:
-        async with engine.connect() as conn:
+        async with reading(engine).connect() as conn:
             return [_row(r) for r in (await conn.execute(stmt)).fetchall()]
     except (SQLAlchemyError, OSError) as exc:
         raise _unavailable(exc) from exc

@@ -32,8 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.caller import cap
 from gateway.errors import Unavailable
 from gateway.store import anchor as anchor_table
-from gateway.store import asyncpg_dsn
+from gateway.store import asyncpg_dsn, reading
 from gateway.store import audit as audit_table
+from gateway.storefile import StoreLost
 from gateway.textsafe import spreadsheet_cell
 
 log = logging.getLogger("agentgate.audit")
@@ -173,21 +174,34 @@ def _from_row(row: Any) -> AuditRecord:
     return AuditRecord(**values)
 
 
+# A request waits at most write_timeout for its record (then it is answered 503). The writer gives a group up at
+# the first deadline among its records; a waiter is answered this much after its own at the latest, should the
+# writer be held up beyond it (waiting for a SQLite thread to finish the statement it abandoned).
+WAITER_GRACE_SECONDS = 0.05
+# Records in doubt (below) kept for checking, at most; beyond, the oldest are given up (and logged).
+DOUBT_MAX = 10_000
+# A PostgreSQL write abandoned at its deadline is checked this long after it: past any error in the measure of
+# the server's clock (the append refuses to insert once the server's clock passes the deadline).
+SETTLE_SECONDS = 1.0
+
+
 class AuditTrail:
-    def __init__(self, engine: AsyncEngine, *, batch_max: int = 512, write_timeout: float = 5.0,
+    def __init__(self, engine: AsyncEngine, *, batch_max: int = 512, write_timeout: float = 2.0,
                  observe: Callable[[float, int], None] | None = None):
         self._engine = engine
         self._batch_max = batch_max
         self._timeout = write_timeout
         self._observe = observe
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[AuditRecord]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # One group is written at a time, by the writer task or by a caller writing its own record (below).
         self._writing = False
         self._backlog = 0  # records queued or taken by the writer task, not yet written
         self._turn = asyncio.Event()  # set when a caller's own write ends
-        self._pg = _PgChainWriter(engine) if engine.dialect.name == "postgresql" else None
+        self._unsettled = _Unsettled()
+        self._pg = (_PgChainWriter(engine, self._unsettled, write_timeout) if engine.dialect.name == "postgresql"
+                    else None)
 
     async def start(self) -> None:
         if self._writer is None:
@@ -207,20 +221,46 @@ class AuditTrail:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        if self._unsettled.doubts or self._unsettled.owed:
+            await self._settle_before_closing()
         if self._pg is not None:
             await self._pg.close()
 
+    async def _settle_before_closing(self) -> None:
+        """Check the records in doubt and write the corrections owed (_Unsettled), if the store answers in time."""
+        unsettled = self._unsettled
+        wait = unsettled.settle_after - time.time()
+        if self._pg is not None and unsettled.doubts and 0 < wait <= SETTLE_SECONDS + self._timeout:
+            await asyncio.sleep(wait)
+        deadline = time.time() + self._timeout
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._write([], deadline)
+        except Exception as exc:
+            unsettled.abandon([], deadline)
+            log.error("audit: %s", exc or type(exc).__name__)
+        if unsettled.doubts or unsettled.owed:
+            log.error("the audit trail stops with %d record(s) unchecked: each was answered 503 after its write "
+                      "was given up, and may have been stored all the same (README, Operations: a store silently "
+                      "unreachable)", len(unsettled.doubts) + len(unsettled.owed))
+
     async def record(self, record: AuditRecord) -> AuditRecord:
-        """Returns the stored record once it is durable; raises Unavailable if it cannot be."""
-        if self._writer is None or self._writer.done() or self._loop is None:
+        """Returns the stored record once it is durable; raises Unavailable if it cannot be, or is not within
+        write_timeout (the request is then answered 503, and its record is never stored claiming otherwise)."""
+        loop = self._loop
+        if self._writer is None or self._writer.done() or loop is None:
             raise Unavailable("the audit trail is not running; no data is served without an audit record")
         # The writer's loop, kept: asking for the running loop costs a system call on Python 3.11 (getpid).
-        fut: asyncio.Future[AuditRecord] = self._loop.create_future()
-        item = (_storable(record), fut)
+        fut: asyncio.Future[AuditRecord] = loop.create_future()
+        item = _Item(_storable(record), fut, loop.time() + self._timeout)
         if self._writing or self._backlog:
             self._backlog += 1
             self._queue.put_nowait(item)
-            return await fut
+            timer = loop.call_at(item.deadline + WAITER_GRACE_SECONDS, _expire, fut, self._timeout)
+            try:
+                return await fut
+            finally:
+                timer.cancel()
         # Nobody is writing and nobody waits: the caller writes its own record, sparing the hand-off to the
         # writer task and back (two turns of the event loop, a tenth of a millisecond when load is light).
         # Whoever comes meanwhile queues, and the writer task writes them as one group once this ends.
@@ -250,44 +290,178 @@ class AuditTrail:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future[AuditRecord]]]) -> None:
+    async def _commit(self, batch: list[_Item]) -> None:
+        # A record whose request was answered (503: its time ran out while it queued) is not written: stored now,
+        # it would claim an answer that never left.
+        live = [item for item in batch if not item.fut.done()]
+        if not live:
+            return
+        loop = self._loop
+        assert loop is not None
+        deadline = min(item.deadline for item in live)
+        wall_deadline = time.time() + deadline - loop.time()
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
-                written = await self._write([r for r, _ in batch])
-        except Exception as exc:  # the store is down or refused: every waiter learns it
-            if len(batch) > 1 and isinstance(exc, asyncpg.DataError):
+            async with asyncio.timeout_at(deadline):
+                written = await self._write([item.record for item in live], wall_deadline)
+        except Exception as exc:  # the store is down, refused, or silent past the deadline: every waiter learns it
+            if len(live) > 1 and isinstance(exc, asyncpg.DataError):
                 # One record the store cannot take (a NUL character in a text, say) must not cost the others
                 # in its group their answers: each is written alone, and only that one is refused.
-                log.warning("audit group of %d refused (%s); writing its records one by one", len(batch), exc)
-                for one in batch:
+                log.warning("audit group of %d refused (%s); writing its records one by one", len(live), exc)
+                for one in live:
                     await self._commit([one])
                 return
-            log.error("audit write failed for %d record(s): %s", len(batch), exc)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(Unavailable(
-                        "the audit record could not be written; no data is served without one",
-                        reason=f"audit write failed: {type(exc).__name__}"))
+            timed_out = isinstance(exc, TimeoutError)
+            reason = (f"audit write timed out after {self._timeout:g} s" if timed_out
+                      else f"audit write failed: {type(exc).__name__}")
+            log.error("audit write failed for %d record(s): %s", len(live), reason if timed_out else exc)
+            for item in live:
+                if not item.fut.done():
+                    item.fut.set_exception(Unavailable(
+                        "the audit record could not be written; no data is served without one", reason=reason))
+            if isinstance(exc, StoreLost):  # refused before its COMMIT (gateway/storefile.py): surely not stored
+                self._unsettled.not_stored()
+            self._unsettled.abandon([_answered_503(item.fut) for item in live], wall_deadline)
             return
+        except BaseException:  # cancelled (a caller writing its own record, a shutdown): nobody answered 503
+            self._unsettled.abandon([False] * len(live), wall_deadline)
+            raise
         if self._observe is not None:
-            self._observe(time.perf_counter() - started, len(batch))
-        for (_, fut), rec in zip(batch, written, strict=True):
-            if not fut.done():
-                fut.set_result(rec)
+            self._observe(time.perf_counter() - started, len(live))
+        for item, rec in zip(live, written, strict=True):
+            if not item.fut.done():
+                item.fut.set_result(rec)
+            elif _answered_503(item.fut):  # stored, but its request was answered 503 meanwhile: say so
+                self._unsettled.owe(_correction(rec))
 
-    async def _write(self, records: list[AuditRecord]) -> list[AuditRecord]:
+    async def _write(self, records: list[AuditRecord], deadline: float) -> list[AuditRecord]:
+        """The records stored, linked (after whatever corrections are owed: _Unsettled). `deadline`:
+        time.time() after which they must not be stored (their waiters are being answered 503)."""
         if self._pg is not None:
-            return await self._pg.write(records)
-        async with self._engine.begin() as conn:
+            return await self._pg.write(records, deadline)
+        unsettled = self._unsettled
+        async with self._engine.begin() as conn:  # BEGIN IMMEDIATE: the chain's lock
+            if unsettled.doubts:  # under the lock, what a write given up did is known: settled now
+                found = (await conn.execute(
+                    select(audit_table).where(audit_table.c.id.in_(unsettled.doubted_ids())))).all()
+                unsettled.settle([_from_row(row) for row in found])
+            group = [*unsettled.owed, *records]
+            if not group:
+                return []
             tail = (await conn.execute(
                 select(audit_table.c.id, audit_table.c.hash).order_by(audit_table.c.id.desc()).limit(1))).first()
             if tail is None:  # an empty trail may still go on from a prune's anchor
                 tail = (await conn.execute(select((anchor_table.c.first_id - 1).label("id"),
                                                   anchor_table.c.prev_hash.label("hash")))).first()
-            out = _chain(records, tail.id if tail else None, tail.hash if tail else None)
+            out = _chain(group, tail.id if tail else None, tail.hash if tail else None)
             await conn.execute(insert(audit_table), [{f: getattr(r, f) for f in FIELD_ORDER} for r in out])
-        return out
+            if time.time() > deadline:  # its waiters are being answered 503: rolled back, never stored late
+                raise TimeoutError
+            # Until COMMIT returns, whether the group is stored is not known (cut off, it is settled later).
+            unsettled.sending(out, len(group) - len(records))
+        return out[unsettled.stored():]
+
+
+@dataclass(slots=True)
+class _Item:
+    """A record on its way to the store, its waiter, and when the waiter is answered 503 (loop time)."""
+
+    record: AuditRecord
+    fut: asyncio.Future[AuditRecord]
+    deadline: float
+
+
+def _expire(fut: asyncio.Future[AuditRecord], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(Unavailable("the audit record could not be written; no data is served without one",
+                                      reason=f"audit write timed out after {timeout:g} s"))
+
+
+def _answered_503(fut: asyncio.Future[AuditRecord]) -> bool:
+    """The waiter was answered 503 (its write failed or timed out), not cancelled (a client gone)."""
+    return fut.done() and not fut.cancelled() and isinstance(fut.exception(), Unavailable)
+
+
+def _correction(stored: AuditRecord) -> AuditRecord:
+    """The record of what a request was answered when its own record was stored after its answer left: 503, no
+    data. Same request (request_id, agent, dataset, query...); `reason` names the record it corrects."""
+    return replace(stored, time=now(), decision="error", status=503, rows=None, bytes=None, response_sha256=None,
+                   reason=f"answered 503 (audit write timed out): record {stored.id} of this request was stored "
+                          "after its answer left and served nothing", id=0, prev_hash="", hash="")
+
+
+class _Unsettled:
+    """Audit records whose requests were answered 503 while their write was abandoned after being sent (its
+    deadline passed, the connection was lost): the store may hold them all the same, claiming an answer that
+    never left. Each is checked under the chain's lock at a later write (on PostgreSQL once SETTLE_SECONDS have
+    passed: no statement held up on the way can insert by then), and one found stored is followed by its
+    correction (_correction), so the trail says what the request was really answered. Corrections are owed
+    until written, and written first in the next group; one whose own write is in doubt is checked alike.
+
+    The writers say what they send (`sending`) and what came of it (`stored`, `not_stored`); the trail says
+    which waiters were answered 503 when a write is given up (`abandon`). A record in doubt is kept as its id
+    and hash (its content, if stored, is read back from the store): a long silence costs little memory."""
+
+    def __init__(self) -> None:
+        # (id, hash) of each record in doubt as linked and sent; and, for a correction, the correction itself
+        self.doubts: list[tuple[int, str, AuditRecord | None]] = []
+        self.owed: list[AuditRecord] = []  # corrections to write, ahead of the next group
+        self.settle_after = 0.0  # time.time() before which a PostgreSQL check would not be conclusive
+        self._sending: tuple[list[AuditRecord], int] | None = None  # a group sent, its first n the owed ones
+
+    def sending(self, group: list[AuditRecord], corrections: int) -> None:
+        self._sending = (group, corrections)
+
+    def stored(self) -> int:
+        """The group sent is committed; returns how many owed corrections led it (no longer owed)."""
+        corrections = self._sending[1] if self._sending is not None else 0
+        del self.owed[:corrections]
+        self._sending = None
+        return corrections
+
+    def not_stored(self) -> None:
+        self._sending = None
+
+    def abandon(self, answered: list[bool], deadline: float) -> None:
+        """The group sent was given up, whether or not the store committed it: its owed corrections, and the
+        records whose waiters were `answered` 503, are in doubt. `deadline`: the group's, time.time()."""
+        if self._sending is None:
+            return
+        group, corrections = self._sending
+        self._sending = None
+        del self.owed[:corrections]
+        self.doubts.extend((rec.id, rec.hash, rec) for rec in group[:corrections])
+        self.doubts.extend((rec.id, rec.hash, None) for rec, told in zip(group[corrections:], answered, strict=True)
+                           if told)
+        if len(self.doubts) > DOUBT_MAX:
+            lost = self.doubts[:-DOUBT_MAX]
+            del self.doubts[:-DOUBT_MAX]
+            log.error("%d audit record(s) answered 503 after a write given up are no longer checked (ids %d to "
+                      "%d): the trail may hold them as they would have been answered", len(lost), lost[0][0],
+                      lost[-1][0])
+        self.settle_after = max(self.settle_after, deadline + SETTLE_SECONDS)
+
+    def owe(self, correction: AuditRecord) -> None:
+        self.owed.append(correction)
+
+    def doubted_ids(self) -> list[int]:
+        return [rid for rid, _, _ in self.doubts]
+
+    def settle(self, found: list[AuditRecord]) -> None:
+        """`found`: the records the store holds at the ids in doubt (read under the chain's lock)."""
+        there = {rec.id: rec for rec in found}
+        for rid, digest, correction in self.doubts:
+            stored = there.get(rid)
+            if stored is not None and stored.hash != digest:
+                stored = None  # another writer's record took that id: ours was not stored
+            if correction is not None and stored is None:
+                self.owed.append(replace(correction, id=0, prev_hash="", hash=""))  # to be written again
+            elif correction is None and stored is not None:
+                log.warning("audit record %d was stored after its request was answered 503 (its write was given "
+                            "up); a correction record follows it", rid)
+                self.owed.append(_correction(stored))
+        self.doubts.clear()
 
 
 def _chain(records: list[AuditRecord], tail_id: int | None, tail_hash: str | None) -> list[AuditRecord]:
@@ -309,21 +483,28 @@ def _chain_with_bodies(records: list[AuditRecord], tail_id: int | None,
     return out
 
 
-APPEND_FUNCTION = "agentgate_audit_append_v1"
+APPEND_FUNCTION = "agentgate_audit_append_v2"
 # The PostgreSQL append, one round trip whether it succeeds or not: under the chain's lock, and with a snapshot
 # taken after the lock (every statement of a volatile function takes its own, so rows committed by whoever held
 # the lock before are seen), it inserts the group only if the chain's tail is the one the group was linked
 # onto; otherwise it inserts nothing and returns the tail as it is, to link onto and ask again. The records
 # come as JSON objects keyed by column (json_populate_recordset: columns follow the table, no signature to
-# change when a field is added).
+# change when a field is added). It refuses (query_canceled) once the server's clock is past `deadline`: the
+# writer has given the group up and its requests were answered 503, so a statement held up on the way (a
+# silent network, a stuck proxy) and delivered late never stores records claiming what those requests were
+# not answered. (v1, without the deadline, stays for replicas of an earlier release.)
 APPEND_FUNCTION_DDL = f"""
-CREATE OR REPLACE FUNCTION {APPEND_FUNCTION}(tail_id bigint, tail_hash text, records json)
+CREATE OR REPLACE FUNCTION {APPEND_FUNCTION}(tail_id bigint, tail_hash text, records json, deadline timestamptz)
 RETURNS TABLE (chain_id bigint, chain_hash text) LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     cur_id bigint;
     cur_hash text;
 BEGIN
     PERFORM pg_advisory_xact_lock({CHAIN_LOCK});
+    IF clock_timestamp() > deadline THEN
+        RAISE EXCEPTION 'agentgate: audit group past its deadline (its requests were answered 503)'
+            USING ERRCODE = 'query_canceled';
+    END IF;
     SELECT a.id, a.hash INTO cur_id, cur_hash FROM audit AS a ORDER BY a.id DESC LIMIT 1;
     IF cur_id = tail_id AND cur_hash = tail_hash THEN
         INSERT INTO audit SELECT * FROM json_populate_recordset(NULL::audit, records);
@@ -421,38 +602,55 @@ class _PgChainWriter:
     """PostgreSQL: the writer's own asyncpg connection. A group of records is linked onto the tail this writer
     last saw and appended by APPEND_FUNCTION in one round trip (one statement, its own transaction and
     commit). When another writer (replica, worker, CLI) has moved the tail on, the function answers with the
-    new tail, and the group is linked onto that and sent again. The first group, a trail emptied by a prune,
-    and records JSON cannot carry take the locked transaction (lock, tail, insert, commit)."""
+    new tail, and the group is linked onto that and sent again. A trail still empty or emptied by a prune, and
+    records JSON cannot carry, take the locked transaction (lock, tail, insert, commit)."""
 
     _INSERT = 'INSERT INTO audit ({}) VALUES ({})'.format(
         ", ".join(f'"{f}"' for f in FIELD_ORDER), ", ".join(f"${i}" for i in range(1, len(FIELD_ORDER) + 1)))
-    _APPEND = f"SELECT chain_id, chain_hash FROM {APPEND_FUNCTION}($1, $2, $3)"
+    _APPEND = f"SELECT chain_id, chain_hash FROM {APPEND_FUNCTION}($1, $2, $3, $4)"
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, unsettled: _Unsettled, timeout: float):
         self._dsn = asyncpg_dsn(engine)
+        self._unsettled = unsettled
+        self._timeout = timeout
         self._conn: Any = None
         self._tail: tuple[int, str] | None = None  # (id, hash) of the chain's tail as this writer last saw it
         self._function = False  # APPEND_FUNCTION is there to call
+        self._offset = 0.0  # the server's clock less ours, in seconds (measured at each connect)
 
-    async def write(self, records: list[AuditRecord]) -> list[AuditRecord]:
+    async def write(self, records: list[AuditRecord], deadline: float) -> list[AuditRecord]:
+        """`deadline`: time.time() after which the group must not be stored (its waiters are answered 503)."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
         conn = self._conn
+        unsettled = self._unsettled
         try:
-            out = await self._append(conn, records)
+            if unsettled.doubts and time.time() > unsettled.settle_after:
+                await self._settle(conn)
+            group = [*unsettled.owed, *records]
+            if not group:
+                return []
+            server_deadline = dt.datetime.fromtimestamp(deadline + self._offset, dt.UTC)
+            out = await self._append(conn, group, len(unsettled.owed), server_deadline)
             if out is None:
-                out = await self._append_locked(conn, records)
+                out = await self._append_locked(conn, group, len(unsettled.owed))
             self._tail = (out[-1].id, out[-1].hash)
-            return out
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.PostgresError):  # the server refused it: nothing of it was committed
+                unsettled.not_stored()
             # The connection's state is unknown (cancelled mid-statement, or gone), and so is whether the
-            # group was committed: start afresh, tail included.
+            # group was committed (the trail settles that later: _Unsettled): start afresh, tail included.
             self._conn, self._tail = None, None
             conn.terminate()
             raise
+        return out[unsettled.stored():]
 
     async def _connect(self) -> Any:
-        conn = await asyncpg.connect(self._dsn, timeout=5.0)
+        # A transaction this writer leaves open (the locked path, the network gone silent mid-way) is ended by
+        # the server after write_timeout: it holds the chain's lock, which every replica's writer needs.
+        idle_ms = str(max(1, round(self._timeout * 1000)))
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
+                                     server_settings={"idle_in_transaction_session_timeout": idle_ms})
         try:
             try:
                 async with conn.transaction():  # under the lock: replicas starting at once replace it in turn
@@ -463,15 +661,31 @@ class _PgChainWriter:
                 # A store role that may not create (or replace another role's) functions: use the function if
                 # it is there, else the locked transaction for every group. Slower, never wrong.
                 self._function = bool(await conn.fetchval(
-                    "SELECT to_regprocedure($1) IS NOT NULL", f"{APPEND_FUNCTION}(bigint,text,json)"))
+                    "SELECT to_regprocedure($1) IS NOT NULL", f"{APPEND_FUNCTION}(bigint,text,json,timestamptz)"))
                 log.warning("cannot create %s (%s); audit groups are written %s", APPEND_FUNCTION, exc,
                             "with the existing one" if self._function else "in locked transactions")
+            # The server's clock against ours (to the round trip's half), for the deadline the append checks.
+            before = time.time()
+            server_now = await conn.fetchval("SELECT clock_timestamp()")
+            self._offset = server_now.timestamp() - (before + time.time()) / 2
+            if self._function:  # the tail, so that the first group goes the one-statement way too
+                tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+                self._tail = (tail["id"], tail["hash"]) if tail is not None else None
         except BaseException:
             conn.terminate()
             raise
         return conn
 
-    async def _append(self, conn: Any, records: list[AuditRecord]) -> list[AuditRecord] | None:
+    async def _settle(self, conn: Any) -> None:
+        """Which records in doubt the store holds, read under the chain's lock: a statement that took it before
+        has committed by then, and one that takes it after finds its deadline passed and stores nothing."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+            rows = await conn.fetch("SELECT * FROM audit WHERE id = ANY($1::bigint[])", self._unsettled.doubted_ids())
+        self._unsettled.settle([AuditRecord(**dict(row)) for row in rows])
+
+    async def _append(self, conn: Any, records: list[AuditRecord], corrections: int,
+                      deadline: dt.datetime) -> list[AuditRecord] | None:
         """The group appended in one round trip per try; None if the locked transaction must do it."""
         if not self._function or not all(_json_safe(r) for r in records):
             return None
@@ -482,20 +696,23 @@ class _PgChainWriter:
             # The canonical bytes are the record as JSON (bar its hash, and later fields while null): the
             # stored row is, by construction, what the hash covers.
             payload = ",".join(f'{body[:-1].decode()},"hash":"{rec.hash}"}}' for rec, body in linked)
-            moved = await conn.fetchrow(self._APPEND, *self._tail, f"[{payload}]")
+            self._unsettled.sending([rec for rec, _ in linked], corrections)
+            moved = await conn.fetchrow(self._APPEND, *self._tail, f"[{payload}]", deadline)
             if moved is None:
                 return [rec for rec, _ in linked]
+            self._unsettled.not_stored()
             tail_id, tail_hash = moved["chain_id"], moved["chain_hash"]
             self._tail = (tail_id, tail_hash) if tail_id is not None else None
         return None
 
-    async def _append_locked(self, conn: Any, records: list[AuditRecord]) -> list[AuditRecord]:
+    async def _append_locked(self, conn: Any, records: list[AuditRecord], corrections: int) -> list[AuditRecord]:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
             tail = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
             if tail is None:  # an empty trail may still go on from a prune's anchor
                 tail = await conn.fetchrow("SELECT first_id - 1 AS id, prev_hash AS hash FROM audit_anchor")
             out = _chain(records, tail["id"] if tail else None, tail["hash"] if tail else None)
+            self._unsettled.sending(out, corrections)
             await conn.executemany(self._INSERT, [tuple(getattr(r, f) for f in FIELD_ORDER) for r in out])
         return out
 
@@ -505,12 +722,16 @@ class _PgChainWriter:
             self._conn = None
 
 
+# The commands' own records (revoke, approve, prune...) wait as long as their store engine does (store.py).
+CLI_WRITE_TIMEOUT = 10.0
+
+
 async def record_once(engine: AsyncEngine, record: AuditRecord) -> AuditRecord:
     """One record from outside the gateway (the CLI's admin acts), on the same chain; its caller is "cli"
     unless it names another."""
     if record.client is None:
         record = replace(record, client="cli")
-    trail = AuditTrail(engine)
+    trail = AuditTrail(engine, write_timeout=CLI_WRITE_TIMEOUT)
     await trail.start()
     try:
         return await trail.record(record)
@@ -563,14 +784,14 @@ def _where(stmt: Any, f: AuditFilter) -> Any:
 
 
 async def get_record(engine: AsyncEngine, rid: int) -> AuditRecord | None:
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         row = (await conn.execute(select(audit_table).where(audit_table.c.id == rid))).first()
     return _from_row(row) if row is not None else None
 
 
 async def list_records(engine: AsyncEngine, f: AuditFilter, limit: int = 100) -> list[AuditRecord]:
     stmt = _where(select(audit_table), f).order_by(audit_table.c.id.desc()).limit(limit)
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         return [_from_row(r) for r in (await conn.execute(stmt)).fetchall()]
 
 
@@ -584,7 +805,7 @@ async def iter_records(engine: AsyncEngine, f: AuditFilter | None = None,
         if f is not None:
             stmt = _where(stmt, f)
         stmt = stmt.order_by(audit_table.c.id).limit(chunk)
-        async with engine.connect() as conn:
+        async with reading(engine).connect() as conn:
             rows = (await conn.execute(stmt)).fetchall()
         if not rows:
             return
@@ -623,7 +844,7 @@ async def activity(engine: AsyncEngine, since: dt.datetime, until: dt.datetime, 
     width = max((until - since).total_seconds() / buckets, 1.0)
     series: dict[str, list[int]] = {}
     denied = [0] * buckets
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         for moment, agent, decision in (await conn.execute(stmt)).fetchall():
             if isinstance(moment, str):
                 moment = parse_time(moment)

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import BudgetExceeded, ConfigError, Unavailable
+from gateway.store import reading
 from gateway.store import usage_counters as table
 
 log = logging.getLogger("agentgate.budgets")
@@ -274,5 +275,5 @@ async def counters(engine: AsyncEngine, agent: str | None = None) -> list[dict[s
     stmt = select(table).order_by(table.c.agent, table.c.kind, table.c.window_start)
     if agent is not None:
         stmt = stmt.where(table.c.agent == agent)
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         return [dict(r._mapping) for r in (await conn.execute(stmt)).fetchall()]

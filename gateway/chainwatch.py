@@ -24,6 +24,7 @@ import logging
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,8 +256,12 @@ async def _verify(engine: AsyncEngine, key: str | None,
 
 
 def _reading_engine(url: str) -> AsyncEngine:
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
         # Plain reads, not the store engine's BEGIN IMMEDIATE, which would hold the audit writers off while
-        # each chunk is read (WAL lets a reader and a writer go on side by side).
-        return create_async_engine(url, connect_args={"timeout": 10})
+        # each chunk is read (WAL lets a reader and a writer go on side by side). Opened without create
+        # (mode=rw): a walk after the store's file was deleted fails, rather than make an empty store at its
+        # path (gateway/storefile.py).
+        uri = f"file:{urllib.parse.quote(parsed.database, safe='/')}?mode=rw"
+        return create_async_engine(parsed.set(database=uri, query={"uri": "true"}), connect_args={"timeout": 10})
     return make_store_engine(url)

@@ -1,7 +1,8 @@
 """The `agentgate` command. Each subcommand calls the same services as the gateway.
 
 Exit codes: 0 success, 1 a check found a fault, 2 bad arguments or a missing
-or unreadable config file (always with a one-line reason).
+or unreadable config file (always with a one-line reason); `serve` exits 3 when
+it cannot start (a store it cannot reach, within --wait-for-store if given).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def _int_in(low: int, high: int) -> Any:
     return parse
 
 
+def _seconds(value: str) -> float:
+    """An argparse type: a number of seconds, more than 0 and at most a day (else exit 2, one line)."""
+    try:
+        number = float(value) if value.isascii() else float("nan")
+    except ValueError:
+        number = float("nan")
+    if not 0 < number <= 86_400:  # nan too
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number of seconds from 0 to 86400")
+    return number
+
+
 def _since(value: str) -> Any:
     """An argparse type: an ISO 8601 time, or 7d / 24h / 30m / 90s before now (else exit 2, one line)."""
     from gateway.usage import parse_since  # imported when used: the CLI starts without SQLAlchemy's cost
@@ -95,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_int_in(0, 65535))
     s.add_argument("--workers", type=_int_in(1, 1024), default=1)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--wait-for-store", type=_seconds, metavar="SECONDS",
+                   help="start even if the store is not reachable yet: answer 503 until it is, for up to SECONDS")
 
     c = sub.add_parser("check", parents=[common], help="validate config, model, policy, catalog and policy tests")
     c.add_argument("--replay", action="store_true",
@@ -254,6 +268,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     code = asyncio.run(_preflight(settings))
     if code != EXIT_OK:
         return code
+    if args.wait_for_store is None:  # a store not there: one clear line (storewait.py), not a traceback
+        code = asyncio.run(_store_preflight(settings))
+        if code != EXIT_OK:
+            return code
     port = args.port if args.port is not None else settings.server.port
     # Bounded connections (gateway/connections.py): the open-file limit raised to the hard one (workers inherit
     # it), and the connection cap kept below it.
@@ -268,11 +286,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                                   log_config=_log_config(args.log_level), limits=connections.bounds(settings, room))
     if args.workers > 1:
         os.environ["AGENTGATE_CONFIG"] = str(settings.path)
+        if args.wait_for_store is not None:
+            from gateway.app import WAIT_FOR_STORE_VARIABLE
+
+            os.environ[WAIT_FOR_STORE_VARIABLE] = repr(args.wait_for_store)
         with _group_metrics():
             connections.serve(connections.ServerConfig("gateway.app:app_from_env", factory=True,
                                                        workers=args.workers, **common))
     else:
-        connections.serve(connections.ServerConfig(create_app(settings), **common))
+        connections.serve(connections.ServerConfig(create_app(settings, wait_for_store=args.wait_for_store), **common))
     return EXIT_OK
 
 
@@ -350,6 +372,24 @@ async def _preflight(settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _store_preflight(settings: Settings) -> int:
+    """The store answers, within [audit] write_timeout_seconds; else its one line and status 3."""
+    from gateway.store import make_store_engine
+    from gateway.storewait import STARTUP_FAILURE, probe, unreachable_line
+
+    url, wait = settings.store.url, settings.audit.write_timeout_seconds
+    try:
+        engine = make_store_engine(url, wait_seconds=wait)
+        try:
+            await probe(engine, wait + 1.0)
+        finally:
+            await engine.dispose()
+    except Exception as exc:
+        print(terminal(unreachable_line(url, exc)), file=sys.stderr)
+        return STARTUP_FAILURE
+    return EXIT_OK
+
+
 async def _check(settings: Settings) -> int:
     from gateway.policy import approval_conflicts, lint, load_policy
     from gateway.sources import check_tables, open_sources
@@ -378,6 +418,13 @@ async def _check(settings: Settings) -> int:
     faults.extend(str(f) for f in table_faults)
     if not table_faults:
         print("tables: every catalog table exists: ok")
+    from gateway.storewait import report
+
+    store_lines, store_fault = await report(settings.store.url, settings.audit.write_timeout_seconds)
+    for line in store_lines:
+        print(line)
+    if store_fault is not None:
+        faults.append(store_fault)
     results = await policy.run_cases()
     for i, r in enumerate(results, start=1):
         got = "allow" if r.decision.allowed else "deny"

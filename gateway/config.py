@@ -37,7 +37,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
     "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
              "jwks_cache_seconds"},
     "store": {"url"},
-    "audit": {"checkpoint_key", "checkpoint_seconds", "verify_seconds", "min_retention_days"},
+    "audit": {"checkpoint_key", "checkpoint_seconds", "verify_seconds", "min_retention_days", "write_timeout_seconds"},
     "policy": {"dir"},
     "cost": {"per_request", "per_1k_rows", "per_source_second"},
     "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
@@ -153,6 +153,10 @@ class AuditSettings:
     checkpoint_seconds: float = 60.0
     verify_seconds: float = 300.0  # a full check of the chain in the background this often; 0: never
     min_retention_days: int = 30  # `audit prune` keeps at least this many days of records
+    # The longest a request waits for its audit record to be stored before it is answered 503 (and the longest
+    # the store's pool, connects and, on SQLite, the write lock are waited for): a store silently cut off
+    # costs an agent this much, not the TCP timeouts'.
+    write_timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,8 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(path, "audit.verify_seconds", "must be 0 (no background check) or more seconds")
     audit = AuditSettings(checkpoint_key=Secret(key) if key else None,
                           checkpoint_seconds=float(reader.positive(au, "audit.checkpoint_seconds", 60.0)),
-                          verify_seconds=verify_seconds, min_retention_days=_retention(reader, au))
+                          verify_seconds=verify_seconds, min_retention_days=_retention(reader, au),
+                          write_timeout_seconds=_write_timeout(reader, au))
 
     p = reader.table(data, "policy")
     reader.only(p, "policy", CONFIG_KEYS["policy"])
@@ -315,6 +320,17 @@ def _finite(reader: _Reader, table: dict[str, Any], key: str, default: float) ->
     value = float(reader.positive(table, key, default))
     if not value < float("inf"):
         raise ConfigError(reader.path, key, "must be a finite number greater than 0")
+    return value
+
+
+WRITE_TIMEOUT_RANGE = (0.1, 60.0)
+
+
+def _write_timeout(reader: _Reader, au: dict[str, Any]) -> float:
+    value = float(reader.get(au, "audit.write_timeout_seconds", (int, float), 2.0))
+    low, high = WRITE_TIMEOUT_RANGE
+    if not low <= value <= high:  # nan and inf too
+        raise ConfigError(reader.path, "audit.write_timeout_seconds", f"must be from {low:g} to {high:g} seconds")
     return value
 
 

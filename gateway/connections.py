@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import resource
 import sys
 import time
@@ -39,13 +40,14 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway import parentwatch
 from gateway.config import Settings
 
 log = logging.getLogger("agentgate.connections")
 
 # File descriptors kept for the process itself (stdio, epoll, the listening socket, the policy watcher, logs,
 # the JWKS client) and for the store's pool (10 + 10 overflow), its audit writer and change channel; each
-# source's pool counts twice (SQLAlchemy's and, on PostgreSQL, the asyncpg reader's).
+# source's pool counts once (`pool_size`: the one pool every interface reads the source through).
 RESERVED_FDS = 64 + 24
 _LOG_EVERY = 10.0  # seconds between two log lines of connections closed or refused
 # Phases of a connection.
@@ -95,7 +97,7 @@ def raise_open_files() -> tuple[int, int]:
 
 def capacity(settings: Settings) -> Capacity:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    reserved = RESERVED_FDS + sum(2 * s.pool_size for s in settings.sources.values())
+    reserved = RESERVED_FDS + sum(s.pool_size for s in settings.sources.values())
     configured = settings.server.max_connections
     room = configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft - reserved))
     return Capacity(open_files=soft, hard=hard, reserved=reserved, configured=configured, max_connections=room)
@@ -116,6 +118,19 @@ class ServerConfig(uvicorn.Config):
                          **kwargs)
         self.bounds = limits
 
+    def load(self) -> None:
+        # In a worker of `serve --workers N` (a multiprocessing child of uvicorn's supervisor), as it starts: it
+        # stops when the supervisor dies, rather than serve on unsupervised and hold the port.
+        parent = multiprocessing.parent_process()
+        if self.workers > 1 and parent is not None and parent.pid is not None:
+            parentwatch.watch(parent.pid, grace=(self.timeout_graceful_shutdown or 0) + ORPHAN_SHUTDOWN_SECONDS)
+        super().load()
+
+
+# An orphaned worker's stop: uvicorn's graceful shutdown (timeout_graceful_shutdown), then this long for the
+# lifespan's (the audit records still queued written), before it exits regardless.
+ORPHAN_SHUTDOWN_SECONDS = 15.0
+
 
 def serve(config: ServerConfig) -> None:
     """What uvicorn.run does with its Config, for ours: one server, or a supervisor of worker processes."""
@@ -124,7 +139,12 @@ def serve(config: ServerConfig) -> None:
         if config.workers > 1:
             from uvicorn.supervisors import Multiprocess
 
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            supervisor.run()
+            # A worker that failed its start (status 3: a store not there past --wait-for-store, say) stopped the
+            # supervisor: so does serve, with that status.
+            if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+                sys.exit(STARTUP_FAILURE)
         else:
             server.run()
     except KeyboardInterrupt:

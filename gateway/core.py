@@ -193,6 +193,7 @@ class Gateway:
             if req.body_too_large:
                 raise TooLarge("the request body is over the size limit")
             trace.agent = agent = await self.auth.authenticate(req.authorization)
+            await self.revocations.wait_current()  # at once, unless the view's last proof is too old
             self.admit(agent)
             if req.route_error is not None:
                 raise req.route_error

@@ -29,6 +29,7 @@ from gateway import audit
 from gateway.store import anchor as anchor_table
 from gateway.store import audit as audit_table
 from gateway.store import checkpoints as checkpoint_table
+from gateway.store import reading
 
 log = logging.getLogger("agentgate.audit")
 PREFIX = "agentgate-checkpoint"
@@ -80,7 +81,7 @@ async def take_checkpoint(engine: AsyncEngine, key: str) -> Checkpoint | None:
 
 
 async def stored_checkpoints(engine: AsyncEngine) -> list[Checkpoint]:
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         rows = (await conn.execute(select(checkpoint_table).order_by(checkpoint_table.c.id))).fetchall()
     return [Checkpoint(int(r.record_id), r.record_hash, audit.format_time(r.time), r.signature) for r in rows]
 
@@ -100,7 +101,7 @@ class Anchor:
 
 
 async def load_anchor(engine: AsyncEngine) -> Anchor | None:
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         return await _anchor(conn)
 
 
@@ -117,7 +118,7 @@ async def _first_kept(conn: AsyncConnection, before: dt.datetime) -> tuple[int, 
 
 async def prunable(engine: AsyncEngine, before: dt.datetime) -> int:
     """How many records a prune before `before` would delete now (`audit prune --dry-run`). Changes nothing."""
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         cut = await _first_kept(conn, before)
         if cut is None:
             return 0
@@ -201,7 +202,7 @@ class PruneFacts:
 async def last_prune(engine: AsyncEngine) -> PruneFacts | None:
     """The last prune's facts, from the anchor and the prune's own record; None if the trail was never pruned.
     Two reads by primary key: cheap enough for every verification."""
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         row = (await conn.execute(select(anchor_table).where(anchor_table.c.id == 1))).first()
         if row is None:
             return None
@@ -320,7 +321,7 @@ class Checkpointer:
         while True:
             await asyncio.sleep(self._seconds)
             try:
-                async with self._engine.connect() as conn:
+                async with reading(self._engine).connect() as conn:
                     tail = (await conn.execute(select(func.max(audit_table.c.id)))).scalar()
                 if tail is None or tail == self._last:
                     continue

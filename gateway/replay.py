@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.policy import Policy
 from gateway.store import audit as audit_table
+from gateway.store import reading
 
 REPLAYED_ACTIONS = ("read", "describe")
 
@@ -74,7 +75,7 @@ async def replay(engine: AsyncEngine, current: Policy, proposed: Policy,
             .group_by(c.agent, c.dataset))
     if since is not None:
         stmt = stmt.where(c.time >= since)
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         rows = (await conn.execute(stmt)).fetchall()
     counts: Counter[tuple[str, str]] = Counter()
     for agent, datasets, n in rows:

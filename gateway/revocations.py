@@ -20,11 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.audit import format_time, now, parse_time
 from gateway.auth import Agent
 from gateway.errors import Forbidden, Unavailable
+from gateway.store import reading
 from gateway.store import revocations as table
 from gateway.sync import StoreSync, notify
 
 KINDS = ("agent", "token")
 REVOKE_LOCK = 7243003  # PostgreSQL advisory lock: one revocation of a subject at a time
+CURRENT_WAIT = 0.03  # seconds a request waits for a proof that this replica's view is current, then 503
 T = TypeVar("T")
 
 
@@ -97,6 +99,7 @@ class Registry:
         self._agents: dict[str, Revocation] = {}
         self._tokens: dict[str, Revocation] = {}
         self._fingerprint: tuple[Any, ...] | None = None
+        self._refreshing = asyncio.Lock()
         # Reads in flight, by agent name and by jti, so a revocation can stop them mid-way.
         self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self._stopped: set[asyncio.Task[Any]] = set()  # of those, the ones a revocation has cancelled
@@ -106,10 +109,16 @@ class Registry:
     def items(self) -> list[Revocation]:
         return sorted([*self._agents.values(), *self._tokens.values()], key=lambda r: r.id)
 
+    async def wait_current(self) -> None:
+        """Before `check`: when this replica's view is not proven current but its channel is up (a stalled event
+        loop, say), wait briefly for the next proof rather than refuse at once (see gateway/sync.py)."""
+        if not self._sync.current():
+            await self._sync.wait_current(CURRENT_WAIT)
+
     def check(self, agent: Agent) -> None:
-        if not self._sync.healthy:
+        if not self._sync.current():  # its view of the store may be stale: fail closed (see gateway/sync.py)
             raise Unavailable("the gateway has lost contact with its store; refusing until it is back",
-                              reason=f"revocation channel lost: {self._sync.last_error}")
+                              reason=f"revocation channel lost: {self._sync.why()}")
         hit = self._agents.get(agent.name) or (self._tokens.get(agent.jti) if agent.jti else None)
         if hit is not None:
             raise Forbidden(f"this {'agent' if hit.kind == 'agent' else 'token'} has been revoked",
@@ -117,12 +126,15 @@ class Registry:
 
     async def refresh(self, conn: AsyncConnection) -> None:
         """Re-read the active list when its fingerprint changed (new revocation, or one lifted)."""
-        fp = (await conn.execute(select(func.max(table.c.id), func.count(table.c.lifted_at)))).one()
-        fingerprint = tuple(fp)
-        if fingerprint == self._fingerprint:
-            return
-        self._apply(await active(conn))
-        self._fingerprint = fingerprint
+        # One at a time: a re-read that began before a revocation must not apply its older list after one
+        # that began after it (the sync task and this replica's own revoke/restore both refresh).
+        async with self._refreshing:
+            fp = (await conn.execute(select(func.max(table.c.id), func.count(table.c.lifted_at)))).one()
+            fingerprint = tuple(fp)
+            if fingerprint == self._fingerprint:
+                return
+            self._apply(await active(conn))
+            self._fingerprint = fingerprint
 
     def _apply(self, items: list[Revocation]) -> None:
         self._agents = {r.subject: r for r in items if r.kind == "agent"}
@@ -139,13 +151,13 @@ class Registry:
         """The revocation in force (True: stored by this call)."""
         stored = await add(self._engine, kind, subject, reason, by)
         # Refuse from this replica's very next request, without waiting for the wake-up.
-        async with self._engine.connect() as conn:
+        async with reading(self._engine).connect() as conn:
             await self.refresh(conn)
         return stored
 
     async def restore(self, rid: int, by: str) -> Revocation | None:
         lifted = await lift(self._engine, by, rid=rid)
-        async with self._engine.connect() as conn:
+        async with reading(self._engine).connect() as conn:
             await self.refresh(conn)
         return lifted[0] if lifted else None
 

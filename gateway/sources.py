@@ -18,7 +18,8 @@ log = logging.getLogger("agentgate.sources")
 
 
 def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnector]:
-    """One pooled engine per SQL source; a SQLite source with a seed is created on first run."""
+    """One pooled engine per SQL source, its pool (`pool_size`) the only one every read of the source uses; a
+    SQLite source with a seed is created on first run."""
     out: dict[str, SqlConnector] = {}
     for name, src in settings.items():
         if src.kind != "sql":
@@ -27,7 +28,7 @@ def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnect
             log.info("created source %r from its seed %s", name, src.seed)
         engine = make_engine(src.url, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size,
                              read_only=src.read_only)
-        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
+        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds)
     return out
 
 

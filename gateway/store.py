@@ -32,6 +32,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway import storefile
+
 metadata = MetaData()
 
 audit = Table(
@@ -160,19 +162,27 @@ approvals = Table(
 )
 
 
-def make_store_engine(url: str) -> AsyncEngine:
+def make_store_engine(url: str, *, wait_seconds: float | None = None) -> AsyncEngine:
+    """The store's engine. `wait_seconds`: the longest a use of the store waits to begin: for a connection of
+    the pool, for a new connection, and on SQLite for the write lock. The gateway passes [audit]
+    write_timeout_seconds, so that no request waits on the store longer than its audit record may take; the
+    commands keep the defaults (PostgreSQL 5 s, SQLite 10 s)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(parsed, connect_args={"timeout": 10})
-        _serialise_sqlite_writers(engine)
+        busy = wait_seconds if wait_seconds is not None else 10.0
+        engine = create_async_engine(parsed, connect_args={"timeout": busy})
+        _serialise_sqlite_writers(engine, busy)
+        if parsed.database:  # held to the files it opens: a store deleted or replaced under it fails closed
+            storefile.guard(engine, parsed.database)
         return engine
-    return create_async_engine(parsed, pool_size=10, max_overflow=10, pool_timeout=5,
-                               connect_args={"timeout": 5, "command_timeout": 10})
+    wait = wait_seconds if wait_seconds is not None else 5.0
+    return create_async_engine(parsed, pool_size=10, max_overflow=10, pool_timeout=wait,
+                               connect_args={"timeout": wait, "command_timeout": max(10.0, wait)})
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+def _serialise_sqlite_writers(engine: AsyncEngine, busy_seconds: float = 10.0) -> None:
     """Let several workers share one SQLite store: WAL, a busy timeout, and write
     transactions that take the lock up front (BEGIN IMMEDIATE), so two writers
     never both read the chain's tail before one of them appends."""
@@ -185,13 +195,24 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA journal_mode")
         if str(cur.fetchone()[0]).lower() != "wal":
             cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={max(1, round(busy_seconds * 1000))}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader (see `reading`) takes a WAL snapshot and waits on nobody; a writer takes the lock up front.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "agentgate_read_only"
+
+
+def reading(engine: AsyncEngine) -> AsyncEngine:
+    """The store engine for transactions that only read (the same pool). On SQLite these begin as plain
+    (deferred) transactions: in WAL mode a reader sees a snapshot and never queues behind the write lock, nor
+    holds writers off. Writing in one of them is a mistake: it may fail at once with SQLITE_BUSY."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 async def create_tables(engine: AsyncEngine) -> None:
@@ -218,7 +239,7 @@ def _add_new_columns(conn: Any) -> None:
 
 async def shared_secret(engine: AsyncEngine, key: str) -> str:
     """A random secret kept in the store, the same on every replica (e.g. the cursor key)."""
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         found = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one_or_none()
     if found is not None:
         return str(found)
@@ -228,7 +249,7 @@ async def shared_secret(engine: AsyncEngine, key: str) -> str:
             await conn.execute(insert(meta).values(key=key, value=value))
         return value
     except IntegrityError:  # another replica made it first: use theirs
-        async with engine.connect() as conn:
+        async with reading(engine).connect() as conn:
             return str((await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one())
 
 
@@ -239,5 +260,5 @@ def asyncpg_dsn(engine: AsyncEngine) -> str:
 
 
 async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         await conn.execute(text("SELECT 1"))

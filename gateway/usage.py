@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit import parse_time
 from gateway.config import CostSettings
 from gateway.store import audit as audit_table
+from gateway.store import reading
 from gateway.textsafe import terminal
 
 # The audit actions of the data API (admin acts such as revoke, reload, read_audit are not usage).
@@ -73,7 +74,7 @@ async def usage(engine: AsyncEngine, by: str, since: dt.datetime | None = None,
         stmt = stmt.where(c.time >= since)
     if until is not None:
         stmt = stmt.where(c.time < until)
-    async with engine.connect() as conn:
+    async with reading(engine).connect() as conn:
         rows = (await conn.execute(stmt)).fetchall()
     units: dict[str | None, Usage] = {}
     for key, requests, n_rows, n_bytes, source_ms in rows:

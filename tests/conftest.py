@@ -370,3 +370,80 @@ def dialect_fixtures(workspace: Callable[[Path, str], Path], gateway: _MakeGatew
         return gateways.get(request.param, request)
 
     return gateways, gw
+
+
+# --- a PostgreSQL cluster of a test's own ----------------------------------------------------------
+
+PG_BIN = Path("/usr/local/bin")
+
+
+class PgCluster:
+    """A PostgreSQL cluster made for one test (initdb) in a temporary folder, served (pg_ctl) on its own port
+    and socket folder: a test may stop and start it as it likes, never touching the shared server. PostgreSQL
+    refuses to run as root: as root, its commands run as the user the machine's own server runs as."""
+
+    def __init__(self) -> None:
+        import pwd
+        import shutil
+        import socket
+        import tempfile
+
+        if not (PG_BIN / "initdb").exists():
+            msg = f"{PG_BIN}/initdb is not installed"
+            if IN_CI:
+                pytest.fail(f"{msg}; CI requires it", pytrace=False)
+            pytest.skip(msg)
+        self.root = Path(tempfile.mkdtemp(prefix="agentgate-pg-"))
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            shutil.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._as = ["runuser", "-u", owner.pw_name, "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.data = self.root / "data"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w",
+                  "-t", "60", "start")
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+            self.running = False
+
+    def remove(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        import subprocess
+
+        done = subprocess.run([*self._as, str(PG_BIN / program), *args], capture_output=True, timeout=120,
+                              cwd=self.root, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of this test's own, made but not started (`.start()`, `.stop()`, `.url`, `.port`);
+    stopped and removed afterwards."""
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()

@@ -418,8 +418,7 @@ def test_a_connection_the_driver_failed_on_is_not_handed_to_the_next_read(dialec
     url = request.getfixturevalue(dialect)
 
     async def run() -> None:
-        source = SqlConnector("main", make_engine(url, timeout_seconds=5, pool_size=1), timeout_seconds=5,
-                              pool_size=1)
+        source = SqlConnector("main", make_engine(url, timeout_seconds=5, pool_size=1), timeout_seconds=5)
         try:
             for bad in ("SELECT '\ud800' AS x", "SELECT id FROM customers WHERE name = '\ud800'",
                         "SELECT 1 AS \"\udcff\""):

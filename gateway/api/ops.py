@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.store import ping
+from gateway.storefile import StoreLost, store_file
 
 
 async def healthz(request: Request) -> Response:
@@ -32,6 +34,9 @@ async def readyz(request: Request) -> Response:
     if holder.current is None:
         body.update(status="unavailable", reason="no valid policy is loaded")
         return JSONResponse(body, 503)
+    lost = _store_file_problem(state.store)
+    if lost is not None:  # the store's file deleted or replaced under this process (gateway/storefile.py)
+        return JSONResponse({"status": "unavailable", "reason": f"store file lost: {lost}"}, 503)
     if not state.sync.healthy:
         return JSONResponse({"status": "unavailable",
                              "reason": f"store unreachable: its change channel is lost ({state.sync.last_error})"}, 503)
@@ -43,6 +48,16 @@ async def readyz(request: Request) -> Response:
     body["policy"] = {"dir": str(holder.current.dir), "datasets": len(holder.current.catalog.datasets),
                       "rules": len(holder.current.rules)}
     return JSONResponse(body)
+
+
+def _store_file_problem(store: AsyncEngine) -> str | None:
+    guard = store_file(store)
+    if guard is None:
+        return None
+    try:
+        return guard.problem()
+    except StoreLost as exc:  # it cannot be checked (this once)
+        return exc.reason
 
 
 async def metrics(request: Request) -> Response:
