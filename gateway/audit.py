@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields, replace
@@ -383,12 +384,18 @@ def _answered_503(fut: asyncio.Future[AuditRecord]) -> bool:
     return fut.done() and not fut.cancelled() and isinstance(fut.exception(), Unavailable)
 
 
+# How a correction's reason begins, the corrected record's id right after it (usage counts by it).
+CORRECTION_PREFIX = "answered 503 (audit write timed out): record "
+CORRECTED_ID = re.compile(re.escape(CORRECTION_PREFIX) + r"([0-9]{1,19}) ")
+
+
 def _correction(stored: AuditRecord) -> AuditRecord:
     """The record of what a request was answered when its own record was stored after its answer left: 503, no
     data. Same request (request_id, agent, dataset, query...); `reason` names the record it corrects."""
     return replace(stored, time=now(), decision="error", status=503, rows=None, bytes=None, response_sha256=None,
-                   reason=f"answered 503 (audit write timed out): record {stored.id} of this request was stored "
+                   reason=f"{CORRECTION_PREFIX}{stored.id} of this request was stored "
                           "after its answer left and served nothing", id=0, prev_hash="", hash="")
+
 
 
 class _Unsettled:

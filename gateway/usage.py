@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway import audit
 from gateway.audit import parse_time
 from gateway.config import CostSettings
 from gateway.store import audit as audit_table
@@ -76,8 +77,23 @@ async def usage(engine: AsyncEngine, by: str, since: dt.datetime | None = None,
         stmt = stmt.where(c.time < until)
     async with reading(engine).connect() as conn:
         rows = (await conn.execute(stmt)).fetchall()
+        # A record stored after its request was answered 503 (its write timed out) is followed by a correction
+        # (gateway/audit.py): one request, refused, no data. The correction is counted; the record it corrects
+        # is taken off again. Corrections are rare: one scan for them, then their records by id.
+        found = select(c.reason).where(c.reason.like(audit.CORRECTION_PREFIX + "%"), *COUNTED)
+        if since is not None:
+            found = found.where(c.time >= since)
+        corrected = {int(m.group(1)) for (reason,) in (await conn.execute(found)).fetchall()
+                     if (m := audit.CORRECTED_ID.match(reason or "")) is not None}
+        taken_off = (await conn.execute(
+            select(column, func.count(), func.sum(func.coalesce(c.rows, 0)), func.sum(func.coalesce(c.bytes, 0)),
+                   func.sum(func.coalesce(c.source_ms, 0.0)))
+            .where(c.id.in_(sorted(corrected)[:10_000]), c.action.in_(DATA_ACTIONS), *COUNTED)
+            .group_by(column))).fetchall() if corrected else []
     units: dict[str | None, Usage] = {}
-    for key, requests, n_rows, n_bytes, source_ms in rows:
+    counted = [(key, sign * (n or 0), sign * (r or 0), sign * (b or 0), sign * (ms or 0.0))
+               for sign, part in ((1, rows), (-1, taken_off)) for key, n, r, b, ms in part]
+    for key, requests, n_rows, n_bytes, source_ms in counted:
         keys: list[str | None] = [key]
         if by == "dataset" and key is not None and "," in key:
             keys = list(dict.fromkeys(k.strip() for k in key.split(",") if k.strip())) or [None]

@@ -35,7 +35,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import audit
+from gateway import audit, usage
 from gateway.config import load_settings
 from gateway.errors import ConfigError, Unavailable
 from gateway.store import audit as audit_table
@@ -357,6 +357,10 @@ async def test_a_record_stored_after_its_request_was_answered_503_is_corrected(p
     assert correction.decision == "error" and correction.rows is None and correction.response_sha256 is None
     assert correction.reason is not None and f"record {stored[1].id} of this request was stored after its " \
         "answer left and served nothing" in correction.reason
+    # Usage counts the corrected request once, refused, with no rows: three requests, the rows of two.
+    async with opened_store(pg_store) as direct:
+        [unit] = await usage.usage(direct, "agent")
+    assert (unit.key, unit.requests, unit.rows) == ("support-bot", 3, 4)
 
 
 def audit_url(url: str) -> str:
