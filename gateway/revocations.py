@@ -26,7 +26,11 @@ from gateway.sync import StoreSync, notify
 
 KINDS = ("agent", "token")
 REVOKE_LOCK = 7243003  # PostgreSQL advisory lock: one revocation of a subject at a time
-CURRENT_WAIT = 0.03  # seconds a request waits for a proof that this replica's view is current, then 503
+# Seconds a request waits for a proof that this replica's view is current, then 503. Waiting is safe (a view
+# proven current after the request arrived is as good as one proven before), so this bounds latency only: a
+# process starved of CPU for a moment (a busy host) answers late rather than 503. A lost channel ends the wait
+# at once (gateway/sync.py).
+CURRENT_WAIT = 1.0
 T = TypeVar("T")
 
 

@@ -156,6 +156,8 @@ class StoreSync:
                     log.error("lost the store channel (%s): refusing requests until resynchronised", exc)
                 self.healthy = False
                 self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                self._renewed.set()  # requests waiting for a proof learn at once that none is coming
+                self._renewed.clear()
                 await self._drop()
                 await asyncio.sleep(0.0 if was_healthy else 0.1)  # a first retry at once, then paced
 

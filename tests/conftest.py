@@ -42,6 +42,44 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 MODEL = (Path(__file__).parent.parent / "policies" / "model.conf").read_text()
 
+# --- test tiers (pyproject.toml's markers; the README's Development section runs each) ------------------------
+
+TIERS = ("unit", "integration", "system")
+# Fixtures that reach a server: a unit test asking for one is misfiled.
+SERVER_FIXTURES = {"pg_source", "mariadb_source", "pg_store", "store_url", "own_pg_cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m unit` sees each test's one tier only
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier. The closest tier marker wins (a test's own over its module's
+    pytestmark); a test with none, with two on one level, or a unit test asking for a server fails the
+    collection, naming each. The winning tier is then the only one the test carries."""
+    chosen: dict[pytest.Item, str] = {}
+    faults: list[str] = []
+    for item in items:
+        for node in item.iter_parents():
+            tiers = sorted({m.name for m in node.own_markers if m.name in TIERS})
+            if tiers:
+                if len(tiers) > 1:
+                    faults.append(f"{item.nodeid}: two tiers on one level ({', '.join(tiers)})")
+                chosen[item] = tiers[0]
+                break
+        else:
+            faults.append(f"{item.nodeid}: no tier marker")
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if chosen.get(item) == "unit" and servers:
+            faults.append(f"{item.nodeid}: marked unit but uses {', '.join(sorted(servers))}")
+    if faults:
+        raise pytest.UsageError(
+            "every test needs exactly one tier marker (pytest.mark.unit, .integration or .system; see the markers "
+            "in pyproject.toml), as its own or its module's pytestmark:\n  " + "\n  ".join(faults))
+    for item, tier in chosen.items():
+        for node in item.iter_parents():
+            if node is not item:
+                node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+        if not any(m.name == tier for m in item.own_markers):
+            item.add_marker(tier)
+
 
 def token(agent: str | None = "support-bot", ttl: int = 600, secret: str = SECRET, **claims: Any) -> str:
     now = int(time.time())

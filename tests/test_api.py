@@ -22,6 +22,8 @@ from gateway import audit
 from gateway.store import make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, bearer, client_for, records, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 FORBIDDEN_MSG = "not allowed: the dataset does not exist or this agent may not read it"
 
 

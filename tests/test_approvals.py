@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import DATASETS, bearer, client_for, write_workspace
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parent.parent
 GUARDED = (DATASETS.replace('max_rows = 25\n', 'max_rows = 25\napproval = "required"\n')
@@ -91,6 +94,7 @@ def test_approval_flow_through_the_admin_api(tmp_path: Path, sqlite_source: str)
     assert json.loads(acts[0]["query"])["dataset"] == "customers"
 
 
+@pytest.mark.system
 def test_approvals_from_the_command_line_across_replicas_and_expiry(tmp_path: Path, sqlite_source: str,
                                                                     pg_store: str) -> None:
     config = write_workspace(tmp_path, source_url=sqlite_source, store_url=pg_store, datasets=GUARDED,

@@ -22,6 +22,8 @@ from starlette.testclient import TestClient
 from tests.conftest import POLICY, bearer, client_for, token, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 
+pytestmark = pytest.mark.system
+
 ADMINS = POLICY + "g, bob, security-admin\np, direct-bot, customers, read, allow\n"
 
 
@@ -132,6 +134,7 @@ def test_revoking_at_once_from_many_places_makes_one(config: Path) -> None:
         assert sorted(str(r["agent"]) for r in active(one)) == ["analyst-bot"] + [f"race-bot-{i}" for i in range(4)]
 
 
+@pytest.mark.integration
 def test_an_admin_cannot_revoke_itself(config: Path) -> None:
     mine = token("alice", jti="alice-session")
     as_alice = {"Authorization": f"Bearer {mine}"}

@@ -21,6 +21,8 @@ from starlette.testclient import TestClient
 from gateway import cli
 from tests.conftest import DATASETS, bearer, client_for, write_workspace
 
+pytestmark = pytest.mark.integration
+
 GUARDED = DATASETS.replace('max_rows = 25\n', 'max_rows = 25\napproval = "required"\n')
 CAP = 3
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}

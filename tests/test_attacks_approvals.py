@@ -30,6 +30,8 @@ from tests.test_cli import _env, agentgate_many, one_line_reason, output
 from tests.test_http_sources import DATASETS_HTTP, POLICY_HTTP, UPSTREAM_SECRET
 from tests.test_interfaces import upstream  # noqa: F401 - a fixture: the loopback HTTP source
 
+pytestmark = pytest.mark.integration
+
 GUARDED = (DATASETS.replace('max_rows = 25\n', 'max_rows = 25\napproval = "required"\n')
            .replace('owner = "sales-ops@example.com"\n', 'owner = "sales-ops@example.com"\napproval = "required"\n'))
 # bob is a second approver; carol may both read customers (support) and decide approvals (security-admin).
@@ -233,6 +235,7 @@ def test_no_one_approves_their_own_request_through_the_admin_api(client: TestCli
     assert approve(client, for_bob, by="alice").status_code == 200
 
 
+@pytest.mark.system
 def test_no_one_approves_their_own_request_on_the_command_line(config: Path) -> None:
     user = pwd.getpwuid(os.getuid()).pw_name  # the account the command runs as, whatever $USER says
     # An agent named like the operating-system account that will run the command line.
@@ -348,6 +351,7 @@ CONFLICTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+@pytest.mark.system
 def test_check_warns_when_one_subject_may_ask_and_approve(tmp_path: Path, sqlite_source: str) -> None:
     configs = [write_workspace(tmp_path / name, source_url=sqlite_source, datasets=GUARDED, policy=policy)
                for name, (policy, _, _) in CONFLICTS.items()]

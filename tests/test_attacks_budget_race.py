@@ -31,6 +31,8 @@ from starlette.testclient import TestClient
 from gateway import budgets
 from tests.conftest import DATASETS, bearer, client_for, records, write_workspace
 
+pytestmark = pytest.mark.integration
+
 QUERY = "/v1/datasets/customers/query"
 BURST = 20
 DAY = dt.datetime(2026, 3, 2, 9, 0, 0, tzinfo=dt.UTC)

@@ -32,6 +32,8 @@ import pytest
 from tests.conftest import DATASETS, POLICY, bearer, loopback_http, records, write_workspace
 from tests.serving import serving
 
+pytestmark = pytest.mark.system
+
 QUERY = b'{"limit": 1}'
 
 

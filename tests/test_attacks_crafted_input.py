@@ -50,6 +50,8 @@ from tests.conftest import (
     write_workspace,
 )
 
+pytestmark = pytest.mark.integration
+
 ADMIN = bearer("alice")
 # One connection per source, so a connection left broken by one request is the one the next request gets; limits
 # on refused requests high enough that each keeps its own record (the limiter is another test's).
@@ -289,6 +291,7 @@ def run_cli(*args: str) -> int:
         return int(exc.code or 0)
 
 
+@pytest.mark.unit
 def test_the_command_line_takes_ascii_digits_only(tmp_path: Path, sqlite_source: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     config = str(write_workspace(tmp_path, source_url=sqlite_source))

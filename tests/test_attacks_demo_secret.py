@@ -23,6 +23,8 @@ from gateway.exposure import DEMO_JWT_SECRET, uses_demo_secret
 from tests.serving import env, serving
 from tests.test_cli import agentgate_many, one_line_reason, output
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).parent.parent
 REAL_SECRET = "a-real-secret-for-this-test-only-" + "k" * 40
 # A first start of the embedded default creates the demo database from its seed: slower than a test
@@ -55,6 +57,7 @@ def lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.unit
 def test_the_demo_secret_is_the_shipped_configs_fallback() -> None:
     demo = load_settings(REPO / "agentgate.toml", environ={})
     assert demo.auth.secret is not None and demo.auth.secret.reveal() == DEMO_JWT_SECRET

@@ -20,6 +20,8 @@ from starlette.testclient import TestClient
 from tests.conftest import POLICY, bearer, client_for, token, write_workspace
 from tests.test_cli import TESTS_OK, agentgate_many, output
 
+pytestmark = pytest.mark.integration
+
 # Beside the shared policy: a role nobody holds (auditor), and a role of roles (support-lead, held by lead-bot).
 IDENTITY_POLICY = POLICY + """
 p, auditor, orders, read, allow
@@ -157,6 +159,7 @@ def check_runs(tmp_path_factory: pytest.TempPathFactory, sqlite_source: str) -> 
     return dict(zip(CHECKS, agentgate_many([("check", "--config", c) for c in configs]), strict=True))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_check_fails_on_an_agent_name_that_is_a_role(name: str, check_runs: dict[str, Any]) -> None:
     _, code, needles = CHECKS[name]

@@ -45,6 +45,8 @@ from tests.conftest import (
 )
 from tests.serving import serving
 
+pytestmark = pytest.mark.system
+
 DATASETS = """
 [datasets.customers]
 source = "main"

@@ -24,6 +24,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import bearer, client_for, write_workspace
 
+pytestmark = pytest.mark.integration
+
 MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
 
 

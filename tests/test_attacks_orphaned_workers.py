@@ -28,6 +28,8 @@ import pytest
 from tests.conftest import DATASETS, POLICY, bearer, loopback_http, records, write_workspace
 from tests.serving import env, free_port, stop
 
+pytestmark = pytest.mark.system
+
 STARTED = 60.0  # a start on a busy 2-core box, workers included
 GONE = 20.0  # generous: the stops measured take ~1-3 s (a graceful stop: the app's shutdown runs)
 

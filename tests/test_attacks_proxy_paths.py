@@ -22,6 +22,8 @@ from tests.test_http_sources import (  # noqa: F401  (fixtures: the recording up
     upstream,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def _enc(text: str) -> str:
     """Percent-encoded UTF-8, every byte (as an agent would send a character the URL may not hold)."""
@@ -96,6 +98,7 @@ def test_harmless_neighbours_still_pass(client: TestClient, upstream: tuple[str,
         assert upstream[1][-1] == sent
 
 
+@pytest.mark.unit
 def test_confine_refuses_every_spelling() -> None:
     for raw in PATH_PARAMETERS + NFKC_FORMS + BACKSLASHES:
         with pytest.raises(InvalidQuery):

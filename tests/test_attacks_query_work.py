@@ -48,6 +48,8 @@ from tests.conftest import (
 )
 from tests.serving import serving
 
+pytestmark = pytest.mark.integration
+
 ROWS = customer_rows()
 
 
@@ -183,6 +185,7 @@ def test_list_values_keep_their_types(gw: Gateway) -> None:
 
 # --- caches bounded by size ----------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_sized_cache_evicts_by_weight_and_count() -> None:
     cache: SizedCache[str, int] = SizedCache(3, 100, lambda _, v: v)
     cache["a"], cache["b"] = 40, 40
@@ -274,6 +277,7 @@ def _rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
 
 
+@pytest.mark.unit
 def test_memory_stays_flat_over_1000_distinct_shapes(sqlite_source: str) -> None:
     """1,000 distinct shapes, each with a list of another length, after the caches are full (the first 500):
     the process's memory stays where it was. Statements are made as a read makes them, without running them
@@ -417,6 +421,7 @@ print(json.dumps(latencies))
 """
 
 
+@pytest.mark.system
 def test_healthz_answers_while_the_largest_read_runs(tmp_path: Path, big_source: str) -> None:
     """A real `agentgate serve`: /healthz pinged from another client while the largest allowed query (1,000
     values in 100 terms, every row of the table, limit 100,000) and a SQL statement at the value cap run in

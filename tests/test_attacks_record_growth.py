@@ -25,6 +25,8 @@ from gateway import audit, cli
 from gateway.store import make_store_engine
 from tests.conftest import bearer, client_for, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 BIG = 200_000  # characters of a client's oversized text: far over every cap, well under max_body_bytes
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
 

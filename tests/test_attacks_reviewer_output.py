@@ -35,6 +35,8 @@ from tests.conftest import DATASETS, POLICY, bearer, client_for, token, write_wo
 from tests.serving import serving
 from tests.test_cli import agentgate, agentgate_many, output
 
+pytestmark = pytest.mark.system
+
 # Would-be formulas: each OWASP lead character, after blanks and invisible characters, and full-width forms.
 FORMULAS = ("=cmd|' /C calc'!A0", "+SUM(1,2)", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1", " =1+1",
             "\n@SUM(A1)", "\u3000=1", "\u200b=1", "\x1b=1", "\uff1dHYPERLINK(1)")
@@ -121,6 +123,7 @@ def test_every_csv_export_neutralises_formulas(hostile: Hostile) -> None:
         check_csv(text, exact)
 
 
+@pytest.mark.unit
 def test_the_neutralising_rule_itself() -> None:
     for s in FORMULAS:
         assert textsafe.spreadsheet_cell(s) == "'" + s
@@ -221,6 +224,7 @@ def test_a_csv_export_read_on_a_terminal_is_escaped_and_exact_in_a_file(hostile:
     assert "\x1b[2K\x1b[1Aforged" in to_file  # for a spreadsheet or a script: as stored (formulas aside)
 
 
+@pytest.mark.unit
 def test_the_escape_covers_every_invisible_character_python_knows() -> None:
     """The hand-kept list of format characters (Cf) against this Python's Unicode database: every control,
     format, separator and surrogate code point comes out as an escape."""
@@ -232,6 +236,7 @@ def test_the_escape_covers_every_invisible_character_python_knows() -> None:
     assert textsafe.terminal("plain é 日本 \\x1b") == "plain é 日本 \\x1b"  # visible text untouched
 
 
+@pytest.mark.integration
 def test_the_review_page_shows_what_agents_wrote_escaped(hostile: Hostile) -> None:
     """HTML escaping stops markup, not a bidi override (an agent named RLO + "tob-troppus" reads "support-bot")
     nor an invisible character: the page prints those as escapes too, on the trail, a filtered view and a record."""
@@ -251,6 +256,7 @@ def test_the_review_page_shows_what_agents_wrote_escaped(hostile: Hostile) -> No
 
 # --- log lines -----------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_log_records_are_one_line_whatever_they_carry() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -276,6 +282,7 @@ def test_log_records_are_one_line_whatever_they_carry() -> None:
     assert "Traceback" in lines[-1] and "\\x0a2026-01-01 00:00:00,000 INFO agentgate.core: forged" in lines[-1]
 
 
+@pytest.mark.unit
 def test_uvicorns_lines_escape_too_and_keep_their_colours() -> None:
     formatter = textsafe.uvicorn_formatter(fmt="%(levelprefix)s %(message)s", use_colors=True)
     line = formatter.format(logging.makeLogRecord({"levelno": logging.ERROR, "levelname": "ERROR",

@@ -33,6 +33,8 @@ from gateway.sync import FEED_NAME
 from tests.conftest import bearer, client_for, token, write_workspace
 from tests.faults import FreezableProxy, through
 
+pytestmark = pytest.mark.integration
+
 QUERY = "/v1/datasets/customers/query"
 BOUND = 0.1  # seconds from the revocation's answer: after it, never a 200
 DIRECT_PG = "postgresql://postgres@127.0.0.1:5432"

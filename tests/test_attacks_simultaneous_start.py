@@ -28,6 +28,8 @@ from tests.serving import env, free_port, stop
 from tests.test_attacks_demo_secret import shipped
 from tests.test_serve import cli
 
+pytestmark = pytest.mark.system
+
 ROUNDS = 3  # without the lock, every round of 4 failed (4 of 4)
 REPLICAS = 4  # the first of them with --workers 2
 STARTED = 90.0  # REPLICAS + 1 processes starting at once on a busy 2-core box

@@ -28,6 +28,8 @@ from tests.conftest import DATASETS, MARIADB_ADMIN, PG_ADMIN, POLICY, _database,
 from tests.serving import serving
 from tests.test_mcp import mcp_session
 
+pytestmark = pytest.mark.system
+
 POOL_SIZE = 2
 LOAD_SECONDS = 3.0
 CONCURRENCY = 12

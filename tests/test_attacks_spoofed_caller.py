@@ -36,6 +36,8 @@ from gateway.config import load_settings
 from gateway.store import create_tables, make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, POLICY, SECRET, bearer, loopback_http, records, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 NEW_FIELDS = ("token_id", "client", "user_agent", "trace_id")
 PROXY = ("10.1.2.3", 40000)  # a peer inside the trusted proxies' network
 STRANGER = ("203.0.113.7", 40000)  # a peer outside it
@@ -234,6 +236,7 @@ def test_user_agents_are_capped_and_trace_ids_must_be_w3c(tmp_path: Path, sqlite
         assert rec["trace_id"] is None and rec["user_agent"] == "testclient"
 
 
+@pytest.mark.system
 def test_the_record_names_the_token_and_a_reviewer_can_stop_it(tmp_path: Path, sqlite_source: str,
                                                                tickets: str) -> None:
     config = config_with(tmp_path, sqlite_source, tickets, None)
@@ -289,6 +292,7 @@ def test_the_record_names_the_token_and_a_reviewer_can_stop_it(tmp_path: Path, s
     assert {r["token_id"] for r in cli_acts} == {None}
 
 
+@pytest.mark.system
 def test_exports_carry_every_field(tmp_path: Path, sqlite_source: str, tickets: str) -> None:
     config = config_with(tmp_path, sqlite_source, tickets, '["10.0.0.0/8"]')
     with gateway(config, PROXY) as client:
@@ -385,6 +389,7 @@ def test_records_from_before_the_upgrade_keep_verifying(tmp_path: Path, sqlite_s
     assert not forged.ok and forged.bad_id == 6 and "edited" in (forged.problem or "")
 
 
+@pytest.mark.system
 def test_cli_admin_acts_are_recorded_with_client_cli(tmp_path: Path, sqlite_source: str, tickets: str) -> None:
     config = config_with(tmp_path, sqlite_source, tickets, None)
     for args in (["revoke", "agent", "support-bot"], ["restore", "agent", "support-bot"], ["reload"]):

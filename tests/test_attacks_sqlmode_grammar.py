@@ -19,6 +19,8 @@ from starlette.testclient import TestClient
 from gateway import sqlmode
 from tests.conftest import bearer, client_for, write_workspace
 
+pytestmark = pytest.mark.integration
+
 ALL = frozenset({"sqlite", "pg", "mariadb"})
 SQLGLOT = {"sqlite": "sqlite", "pg": "postgres", "mariadb": "mysql"}
 
@@ -212,6 +214,7 @@ def sql(client: TestClient, text: str) -> Any:
     return client.post("/v1/sql", json={"sql": text}, headers=bearer("analyst-bot"))
 
 
+@pytest.mark.unit
 def test_every_allowed_class_has_an_example() -> None:
     assert set(ALLOWED) == set(sqlmode.ALLOWED_NODES)
 

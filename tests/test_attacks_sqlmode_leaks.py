@@ -20,6 +20,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import DATASETS, POLICY, bearer, client_for, customer_rows, records, write_workspace
 
+pytestmark = pytest.mark.integration
+
 ROWS = customer_rows()
 
 # support-bot reads `customers` only. `accounts` is a dataset over the real table `orders` it may not read.

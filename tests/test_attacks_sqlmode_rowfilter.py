@@ -20,6 +20,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import DATASETS, POLICY, bearer, client_for, customer_rows, write_workspace
 
+pytestmark = pytest.mark.integration
+
 ROWS = customer_rows()
 
 FILTERED = DATASETS + """
@@ -206,6 +208,7 @@ def test_mariadb_keeps_the_filtered_subquery_a_derived_table_with_nothing_pushed
     assert "'DE'" in derived and "1000" not in derived, rewritten  # nothing of the agent's pushed in
 
 
+@pytest.mark.unit
 def test_sqlite_keeps_the_filtered_subquery_whole(sqlite_source: str) -> None:
     import sqlite3
 
@@ -221,6 +224,7 @@ def test_sqlite_keeps_the_filtered_subquery_whole(sqlite_source: str) -> None:
 
 # --- the same through MCP's `sql` tool --------------------------------------------------------------------------
 
+@pytest.mark.system
 @pytest.mark.parametrize("source", ["pg_source", "mariadb_source"])
 def test_the_mcp_sql_tool_holds_the_same_property(request: pytest.FixtureRequest, tmp_path: Path, source: str) -> None:
     import asyncio

@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import bearer, write_workspace
 from tests.serving import env, serving
+
+pytestmark = pytest.mark.system
 
 QUERY = {"columns": ["id", "name"], "order_by": ["id"], "limit": 5}
 SUFFIXES = ("", "-wal", "-shm")

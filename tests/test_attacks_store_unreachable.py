@@ -44,6 +44,8 @@ from tests.conftest import PgCluster, bearer, opened_store, write_workspace
 from tests.faults import FreezableProxy, through
 from tests.serving import env, free_port, serving, stop
 
+pytestmark = pytest.mark.system
+
 QUERY = "/v1/datasets/customers/query"
 WRITE_TIMEOUT = 1.0
 # What "within the write timeout" allows besides it on a loaded 2-core box: the request's own work, a busy loop.
@@ -229,6 +231,7 @@ def test_check_says_whether_the_store_is_reachable_and_has_its_tables(tmp_path: 
 # --- a store silently unreachable, or locked -----------------------------------------------------
 
 
+@pytest.mark.unit
 def test_write_timeout_is_validated(tmp_path: Path, sqlite_source: str) -> None:
     assert load_settings(write_workspace(tmp_path, source_url=sqlite_source)).audit.write_timeout_seconds == 2.0
     for bad in ("0", "-1", "61", "nan", "inf", '"2"', "true"):
@@ -297,6 +300,7 @@ def _record(request_id: str) -> audit.AuditRecord:
                              status=200, agent="support-bot", dataset="customers", rows=2)
 
 
+@pytest.mark.integration
 async def test_a_statement_delivered_after_its_deadline_stores_nothing(pg_store: str) -> None:
     """The group's statement is held in a frozen proxy past the deadline, then delivered: the store refuses it."""
     async with opened_store(pg_store) as direct:
@@ -322,6 +326,7 @@ async def test_a_statement_delivered_after_its_deadline_stores_nothing(pg_store:
         assert (await audit.verify(direct)).ok
 
 
+@pytest.mark.integration
 async def test_a_record_stored_after_its_request_was_answered_503_is_corrected(pg_store: str) -> None:
     """The store stalls (a lock on the audit table) after the append passed its deadline check; the gateway
     answers 503 at the deadline; the stall ends and the record commits. The next write finds it and appends a
@@ -367,6 +372,7 @@ def audit_url(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+@pytest.mark.unit
 async def test_a_record_never_sent_is_never_written(tmp_path: Path) -> None:
     """Records queued behind a stuck write and answered 503 at their deadline are dropped, not written later."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"

@@ -28,6 +28,8 @@ from gateway.store import audit as audit_table
 from tests.conftest import bearer, client_for, opened_store, token, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 
+pytestmark = pytest.mark.system
+
 KEY = "checkpoint-key-" + "k" * 32
 NOW = audit.now()
 # Five old records (a year and more), three recent ones (this week): a prune before 90 days ago takes five.
@@ -292,6 +294,7 @@ def no_prune(tmp_path: Path, sqlite_source: str) -> Iterator[Path]:
     yield workspace(tmp_path, sqlite_source, f"sqlite+aiosqlite:///{tmp_path}/store.db")
 
 
+@pytest.mark.integration
 def test_a_trail_never_pruned_says_nothing_about_pruning(no_prune: Path) -> None:
     with client_for(no_prune) as client:
         assert client.get("/admin/v1/audit/verify", headers=bearer("alice")).json()["pruned"] is None

@@ -33,6 +33,8 @@ from gateway.errors import ConfigError
 from gateway.store import audit as audit_table
 from tests.conftest import bearer, client_for, records, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 ALICE = bearer("alice")  # security-admin: admin:audit read
 
 
@@ -293,6 +295,7 @@ def test_walks_run_off_the_event_loop(tmp_path: Path, sqlite_source: str, caplog
     assert records(config)  # the trail the walks read
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value, fault", [("-1", "0 (no background check) or more"), ('"300"', "not a string"),
                                           ("true", "not true or false"), ("inf", "0 (no background check) or more"),
                                           ("nan", "0 (no background check) or more")])

@@ -35,6 +35,8 @@ from gateway.errors import ConfigError
 from tests.conftest import bearer, opened_store, token, write_workspace
 from tests.serving import serving
 
+pytestmark = pytest.mark.integration
+
 MCP = {"Accept": "application/json, text/event-stream"}
 CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "query_dataset", "arguments": {"name": "customers", "limit": 1}}}
@@ -173,6 +175,7 @@ def test_counts_add_up_exactly_over_intervals_and_shutdown(tmp_path: Path, sqlit
     assert cli(["audit", "verify", "--config", str(config)]) == 0
 
 
+@pytest.mark.system
 def test_nothing_is_lost_when_a_real_serve_stops(tmp_path: Path, sqlite_source: str, pg_store: str) -> None:
     """SIGTERM to `agentgate serve` (PostgreSQL store) while summaries are pending: they are written first."""
     config = workspace(tmp_path, sqlite_source, pg_store,
@@ -299,6 +302,7 @@ def test_a_client_over_its_limit_is_answered_at_a_pace(tmp_path: Path, sqlite_so
         assert time.monotonic() - started < 0.5
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("key", "value"), [
     ("failed_auth_per_minute", "0"), ("failed_auth_per_minute", "inf"), ("failed_auth_burst", "0"),
     ("failed_auth_records_per_minute", "-1"), ("failed_auth_clients", "0"), ("summary_seconds", "nan"),

@@ -18,7 +18,7 @@ from gateway.store import audit as audit_table
 from gateway.store import make_store_engine
 from tests.conftest import bearer, client_for, opened_store, write_workspace
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -231,6 +231,7 @@ def test_a_body_with_a_nul_is_answered_400_and_recorded(tmp_path: Path, sqlite_s
         assert (rec["status"], rec["query"]) == (400, '{"limit": 1}\ufffd')
 
 
+@pytest.mark.unit
 def test_canonical_bytes_are_jsons_whatever_the_content() -> None:
     """The chain hashes canonical bytes; records written before orjson was used must keep verifying, so the
     fast encoder must give exactly json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)."""

@@ -26,6 +26,8 @@ from gateway.auth import Agent, Authenticator
 from gateway.config import AuthSettings, Secret
 from gateway.errors import ConfigError, Unauthenticated
 
+pytestmark = pytest.mark.unit
+
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 OTHER_SECRET = "another-secret-that-is-also-long-enough!!"
 
@@ -383,6 +385,7 @@ def jwks_server() -> Iterator[JwksServer]:
         server.stop()
 
 
+@pytest.mark.integration
 async def test_jwks_kid_rotation_and_rate_limit(make_auth: MakeAuth, jwks_server: JwksServer,
                                                 rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey,
                                                 ec_key: ec.EllipticCurvePrivateKey) -> None:
@@ -406,6 +409,7 @@ async def test_jwks_kid_rotation_and_rate_limit(make_auth: MakeAuth, jwks_server
     assert jwks_server.requests == 2
 
 
+@pytest.mark.integration
 async def test_jwks_concurrent_fetches_coalesce(make_auth: MakeAuth, jwks_server: JwksServer,
                                                 rsa_key: rsa.RSAPrivateKey) -> None:
     jwks_server.publish(jwk(rsa_key, "k1"))
@@ -416,6 +420,7 @@ async def test_jwks_concurrent_fetches_coalesce(make_auth: MakeAuth, jwks_server
     assert jwks_server.requests == 1
 
 
+@pytest.mark.integration
 async def test_jwks_key_pinned_to_other_alg(make_auth: MakeAuth, jwks_server: JwksServer,
                                             rsa_key: rsa.RSAPrivateKey) -> None:
     jwks_server.publish(jwk(rsa_key, "k1", "RS512"))
@@ -425,6 +430,7 @@ async def test_jwks_key_pinned_to_other_alg(make_auth: MakeAuth, jwks_server: Jw
     assert (await auth.authenticate("Bearer " + sign(claims(), rsa_key, "RS512", kid="k1"))).name == "agent-1"
 
 
+@pytest.mark.integration
 async def test_jwks_token_without_kid(make_auth: MakeAuth, jwks_server: JwksServer,
                                       rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey) -> None:
     jwks_server.publish(jwk(rsa_key, None))
@@ -450,6 +456,7 @@ async def test_jwks_down_without_cache(make_auth: MakeAuth, rsa_key: rsa.RSAPriv
         assert err.message == "cannot verify token: key set unavailable"
 
 
+@pytest.mark.integration
 async def test_jwks_outage_uses_cache_until_ten_lifetimes(make_auth: MakeAuth, jwks_server: JwksServer,
                                                           rsa_key: rsa.RSAPrivateKey) -> None:
     jwks_server.publish(jwk(rsa_key, "k1"))
@@ -464,6 +471,7 @@ async def test_jwks_outage_uses_cache_until_ten_lifetimes(make_auth: MakeAuth, j
     assert err.message == "cannot verify token: key set unavailable"
 
 
+@pytest.mark.integration
 async def test_jwks_oversized_response(make_auth: MakeAuth, jwks_server: JwksServer,
                                        rsa_key: rsa.RSAPrivateKey) -> None:
     jwks_server.body = b'{"keys": [' + b" " * (2 << 20) + json.dumps(jwk(rsa_key, "k1")).encode() + b"]}"

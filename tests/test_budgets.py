@@ -19,6 +19,8 @@ from gateway.errors import ConfigError
 from gateway.policy import load_policy
 from tests.conftest import bearer, client_for, write_workspace
 
+pytestmark = pytest.mark.integration
+
 QUERY = "/v1/datasets/customers/query"
 
 
@@ -107,6 +109,7 @@ def test_a_budget_change_reloads_with_the_policy(tmp_path: Path, sqlite_source: 
         assert read(client)[0] == 429
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, key", [
     ("[default]\nrequests_per_minute = -1\n", "default.requests_per_minute"),
     ("[default]\nrows_per_hour = 5\n", "default.rows_per_hour"),
@@ -123,6 +126,7 @@ def test_invalid_budgets_are_refused_naming_file_and_key(tmp_path: Path, sqlite_
     assert "budgets.toml" in str(err.value) and key in str(err.value)
 
 
+@pytest.mark.unit
 def test_per_agent_keys_fall_back_to_the_default() -> None:
     b = budgets.Budgets(default=budgets.Limits(requests_per_minute=5, rows_per_day=10),
                         agents={"x": budgets.Limits(rows_per_day=1)})

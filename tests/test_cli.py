@@ -29,6 +29,8 @@ import pytest
 
 from tests.conftest import AUDIENCE, DATASETS, MODEL, POLICY, SECRET, bearer, client_for, write_workspace
 
+pytestmark = pytest.mark.system
+
 # The audit fields the contract names; exports carry every one of them.
 SPEC_FIELDS = ("id", "time", "request_id", "agent", "on_behalf_of", "work_unit", "action", "dataset", "query",
                "decision", "reason", "status", "rows", "bytes", "duration_ms", "source_ms", "response_sha256",

@@ -10,6 +10,8 @@ from gateway.catalog import load_catalog
 from gateway.config import SourceSettings, find_config, load_settings
 from gateway.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 SECRET = "s" * 40
 BASE = f"""
 [auth]

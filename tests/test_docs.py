@@ -6,10 +6,14 @@ import argparse
 import re
 from pathlib import Path
 
+import pytest
+
 from gateway import errors
 from gateway.catalog import DATASET_KEYS
 from gateway.cli import _parser
 from gateway.config import CONFIG_KEYS
+
+pytestmark = pytest.mark.unit
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -55,6 +55,8 @@ from tests.conftest import (
     write_workspace,
 )
 
+pytestmark = pytest.mark.integration
+
 settings.register_profile("ci", max_examples=20, derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("local", max_examples=60, deadline=None,

@@ -19,6 +19,8 @@ from connectors.base import InvalidQuery
 from connectors.http import HttpConnector, confine
 from tests.conftest import POLICY, bearer, client_for, loopback_http, records, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 UPSTREAM_SECRET = "Bearer upstream-secret-token"
 BIG = 10 * 1024 * 1024 + 1
 
@@ -231,6 +233,7 @@ def test_literal_dot_segments_are_refused(client: TestClient, http_workspace: Pa
     assert len(records(http_workspace)) == 1
 
 
+@pytest.mark.unit
 def test_confine_keeps_paths_under_the_prefix() -> None:
     assert confine("a/b%20c/") == "a/b%20c/"
     assert confine("") == ""

@@ -22,6 +22,8 @@ from gateway.store import checkpoints as checkpoint_table
 from gateway.store import create_tables, make_store_engine
 from tests.conftest import opened_store, write_workspace
 
+pytestmark = pytest.mark.integration
+
 KEY = "checkpoint-key-" + "k" * 32
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -150,6 +152,7 @@ async def test_replicas_writing_at_once_form_one_chain(store: AsyncEngine) -> No
     assert result.ok and result.count == 160
 
 
+@pytest.mark.system
 def test_cli_checkpoint_prune_and_verify(tmp_path: Path, sqlite_source: str) -> None:
     config = write_workspace(tmp_path, source_url=sqlite_source, extra=f'\n[audit]\ncheckpoint_key = "{KEY}"\n')
     engine_url = f"sqlite+aiosqlite:///{tmp_path}/store.db"

@@ -20,6 +20,8 @@ from tests.serving import serving
 from tests.test_http_sources import UPSTREAM_SECRET, Upstream
 from tests.test_mcp import mcp_session
 
+pytestmark = pytest.mark.system
+
 CATALOG = DATASETS + """
 [datasets.customers.row_filters]
 support = "country = {claims.region}"

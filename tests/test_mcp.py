@@ -20,6 +20,8 @@ from gateway.api.mcp_server import CORE_HAS_SQL
 from tests.conftest import DATASETS, bearer, write_workspace
 from tests.serving import serving
 
+pytestmark = pytest.mark.system
+
 
 @asynccontextmanager
 async def mcp_session(base: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:

@@ -18,6 +18,8 @@ from starlette.testclient import TestClient
 from tests.conftest import bearer, client_for, write_workspace
 from tests.serving import serving
 
+pytestmark = pytest.mark.integration
+
 QUERY = "/v1/datasets/customers/query"
 
 
@@ -32,6 +34,7 @@ def total(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+@pytest.mark.system
 def test_with_two_workers_counters_are_the_groups_and_never_go_back(
         tmp_path: Path, sqlite_source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # serve keeps the group's metrics in a directory of its own under $TMPDIR; one a killed serve left is removed.

@@ -12,6 +12,8 @@ from gateway.decisions import CasbinEngine, IndexedEngine, Rule, build_enforcer
 from gateway.errors import ConfigError
 from gateway.policy import SHIPPED_MODEL, failing_cases, lint, load_policy
 
+pytestmark = pytest.mark.unit
+
 SOURCES = {"main": SourceSettings(name="main", kind="sql", url="sqlite+aiosqlite:///unused.db")}
 CATALOG = """
 [datasets.customers]

@@ -13,6 +13,8 @@ from starlette.testclient import TestClient
 from gateway.api import data
 from tests.conftest import bearer, client_for
 
+pytestmark = pytest.mark.integration
+
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/datasets/customers/query", {"json": {"limit": 3}, "headers": bearer("support-bot")}),
     ("/v1/datasets/customers/query", {"json": {"limit": 2}, "headers": bearer("analyst-bot")}),  # email masked
@@ -64,6 +66,7 @@ def test_the_fast_path_and_the_router_answer_alike(fast: TestClient, workspace: 
             assert comparable(post(slow, path, kwargs)) == expected, (path, kwargs.get("json"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("scope", [
     {"type": "http", "method": "GET", "path": "/v1/datasets/customers/query"},
     {"type": "http", "method": "POST", "path": "/v1/datasets//query"},

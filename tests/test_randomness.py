@@ -7,7 +7,11 @@ import os
 import threading
 import uuid
 
+import pytest
+
 from gateway import randomness
+
+pytestmark = pytest.mark.unit
 
 
 def test_request_ids_are_version_4_uuids_and_unique() -> None:
@@ -33,6 +37,7 @@ def test_bytes_are_never_handed_out_twice_across_refills_and_threads() -> None:
     assert len(set(got)) == len(got)
 
 
+@pytest.mark.system
 def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
     randomness.random_bytes(16)  # the parent holds a buffer with bytes still to hand out
     read, write = os.pipe()

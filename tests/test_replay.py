@@ -18,6 +18,8 @@ from gateway.store import create_tables, make_store_engine
 from tests.conftest import POLICY, bearer, client_for, write_workspace
 from tests.test_cli import agentgate_many, one_line_reason, output
 
+pytestmark = pytest.mark.system
+
 # analyst-bot loses orders, support-bot gains it; customers are untouched.
 PROPOSED = (POLICY.replace("p, analyst, orders, read, allow\n", "")
             + "p, support, orders, read, allow\n")

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import SECRET, terminate_backends, token, write_workspace
 from tests.serving import free_port
 
+pytestmark = pytest.mark.system
+
 AGENTGATE = str(Path(sys.executable).with_name("agentgate"))
 
 

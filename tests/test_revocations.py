@@ -17,6 +17,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import bearer, client_for, terminate_backends, token, write_workspace
 
+pytestmark = pytest.mark.integration
+
 QUERY = "/v1/datasets/customers/query"
 
 

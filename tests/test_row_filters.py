@@ -14,6 +14,8 @@ from starlette.testclient import TestClient
 from tests.conftest import DATASETS, POLICY, bearer, client_for, customer_rows, write_workspace
 from tests.test_cli import agentgate
 
+pytestmark = pytest.mark.integration
+
 ROWS = customer_rows()
 MAX_ROWS = 25
 
@@ -241,6 +243,7 @@ def test_a_store_from_before_row_filters_is_upgraded_and_its_chain_still_verifie
         assert verified.status_code == 200 and verified.json()["ok"] is True, verified.text
 
 
+@pytest.mark.system
 def test_check_names_every_bad_row_filter(tmp_path: Path, sqlite_source: str) -> None:
     bad = DATASETS + """
 [datasets.customers.row_filters]

@@ -29,6 +29,8 @@ from tests.conftest import (
 )
 from tests.conftest import POLICY as BASE_POLICY
 
+pytestmark = pytest.mark.integration
+
 MAX_ROWS = 25
 ROWS = customer_rows()
 ORDERS = [{"id": i, "customer_id": 1 + i % N_CUSTOMERS, "amount": Decimal(f"{i}.50")} for i in range(1, 31)]

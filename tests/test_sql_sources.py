@@ -36,6 +36,8 @@ from tests.conftest import (
     write_workspace,
 )
 
+pytestmark = pytest.mark.integration
+
 MAX_ROWS = 25  # the customers dataset's max_rows in conftest.DATASETS
 ROWS = customer_rows()
 ALL_IDS = [r["id"] for r in ROWS]

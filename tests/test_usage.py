@@ -21,6 +21,8 @@ from gateway.store import create_tables, make_store_engine
 from tests.conftest import bearer, client_for, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 
+pytestmark = pytest.mark.system
+
 PRICES = "\n[cost]\nper_request = 0.001\nper_1k_rows = 0.5\nper_source_second = 2\n"
 
 
@@ -172,6 +174,7 @@ def test_usage_text_and_cost(traffic: Traffic) -> None:
         one_line_reason(proc)
 
 
+@pytest.mark.unit
 def test_cost_settings(tmp_path: Path, sqlite_source: str) -> None:
     cfg = write_workspace(tmp_path, source_url=sqlite_source)
     base = cfg.read_text()
