@@ -17,6 +17,9 @@ socket.
         proxy.thaw()
 
 One background thread per proxy; every method is safe to call from any thread.
+
+``SlowSource``: an HTTP source (for ``loopback_http``) that holds every request until its ``release`` is set,
+counting arrivals on ``arrived``: reads held in flight while a test does something to the gateway.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import contextlib
 import selectors
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 _CHUNK = 65536
@@ -215,3 +220,24 @@ def through(url: str, proxy: FreezableProxy) -> str:
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@{proxy.host}:{proxy.port}" if userinfo else f"{proxy.host}:{proxy.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class SlowSource(BaseHTTPRequestHandler):
+    """An HTTP source that holds every request until `release` is set; `arrived` counts them."""
+
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        SlowSource.arrived.release()
+        SlowSource.release.wait(20)
+        body = b'{"tickets": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the gateway killed meanwhile
+            self.wfile.write(body)

@@ -60,19 +60,24 @@ def serving(config: Path, log: Path, *extra: str, open_files: int | None = None)
                                 preexec_fn=limit if open_files is not None else None)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"agentgate serve was not ready within {START_TIMEOUT:g} s:\n{log.read_text()}")
-            time.sleep(0.1)
+        wait_ready(proc, base, log, time.monotonic() + START_TIMEOUT)
         yield base
     finally:
         stop(proc)
     # A clean shutdown: 0, or uvicorn re-raising the SIGTERM it handled.
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, deadline: float) -> None:
+    """Until `agentgate serve` at `base` answers /readyz 200; the test fails, with its log, if it exits first or
+    is not ready by `deadline` (monotonic)."""
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"agentgate serve was not ready in time:\n{log.read_text()}")
+        time.sleep(0.1)

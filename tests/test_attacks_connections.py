@@ -22,14 +22,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import DATASETS, POLICY, bearer, loopback_http, records, write_workspace
+from tests.faults import SlowSource
 from tests.serving import serving
 
 pytestmark = pytest.mark.system
@@ -125,24 +124,6 @@ def test_request_heads_over_max_header_bytes_answer_431(timeouts: tuple[str, Pat
     assert records(config) == []
 
 
-class SlowSource(BaseHTTPRequestHandler):
-    """An HTTP source that holds every request until `release` is set; `arrived` counts them."""
-
-    arrived = threading.Semaphore(0)
-    release = threading.Event()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        SlowSource.arrived.release()
-        SlowSource.release.wait(20)
-        body = b'{"tickets": []}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def test_at_the_connection_cap_the_oldest_waiting_connection_makes_room(tmp_path: Path, sqlite_source: str) -> None:

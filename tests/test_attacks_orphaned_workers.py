@@ -18,14 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import DATASETS, POLICY, bearer, loopback_http, records, write_workspace
+from tests.faults import SlowSource
 from tests.serving import env, free_port, stop
 
 pytestmark = pytest.mark.system
@@ -83,25 +82,6 @@ def wait_gone(pids: set[int], within: float) -> float:
     return time.monotonic() - started
 
 
-class SlowSource(BaseHTTPRequestHandler):
-    """An HTTP source that holds every request until `release` is set; `arrived` counts them."""
-
-    arrived = threading.Semaphore(0)
-    release = threading.Event()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        SlowSource.arrived.release()
-        SlowSource.release.wait(20)
-        body = b'{"tickets": []}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the gateway killed meanwhile
-            self.wfile.write(body)
 
 
 @contextlib.contextmanager

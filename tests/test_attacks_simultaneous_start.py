@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import SECRET, token
-from tests.serving import env, free_port, stop
+from tests.serving import env, free_port, stop, wait_ready
 from tests.test_attacks_demo_secret import shipped
 from tests.test_serve import cli
 
@@ -75,18 +75,6 @@ def together(root: Path, commands: Sequence[Sequence[str]], logs: Sequence[Path]
     finally:
         for proc in procs:
             stop(proc)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, deadline: float) -> None:
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"agentgate serve exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"agentgate serve was not ready in time:\n{log.read_text()}")
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))

@@ -251,17 +251,20 @@ def test_a_prune_during_a_walk_is_no_break(gateway_for: Callable[[float], TestCl
     """A full check that reads the chain while `audit prune` cuts its head off must not cry "broken" (which
     would be a false alarm on every view, /readyz and /metrics): it walks again from the new anchor."""
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    # A walk long enough (most of a second here) that the prune, begun once the walk is seen running, lands
+    # while it reads, however loaded the machine: 6,000 records were sometimes walked before the prune landed.
+    total = 30_000
 
     async def fill(engine: AsyncEngine) -> None:
         trail = audit.AuditTrail(engine)
         await trail.start()
         await asyncio.gather(*(trail.record(audit.AuditRecord(
             time=start + dt.timedelta(seconds=i), request_id=f"r{i}", action="read", decision="allow", status=200))
-            for i in range(6000)))
+            for i in range(total)))
         await trail.close()
 
     async def prune(engine: AsyncEngine) -> dt.datetime:
-        await integrity.prune(engine, start + dt.timedelta(seconds=5900), None)
+        await integrity.prune(engine, start + dt.timedelta(seconds=total - 100), None)
         return audit.now()
 
     client = gateway_for(0)
@@ -278,7 +281,7 @@ def test_a_prune_during_a_walk_is_no_break(gateway_for: Callable[[float], TestCl
     checked = answer["checked"]
     assert audit.parse_time(checked["started_at"]) < pruned_at  # the prune came while it walked
     assert answer["ok"], answer
-    assert checked["first_id"] == 5901 and client.get("/readyz").json()["audit_chain"]["ok"] is True
+    assert checked["first_id"] == total - 99 and client.get("/readyz").json()["audit_chain"]["ok"] is True
 
 
 def test_walks_run_off_the_event_loop(tmp_path: Path, sqlite_source: str, caplog: pytest.LogCaptureFixture) -> None:
