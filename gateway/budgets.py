@@ -1,7 +1,7 @@
-"""Budgets: what an agent may spend, per minute (requests) and per UTC day (rows).
+"""Budgets: what an agent may spend, per minute (requests) and per UTC day (rows): the meter.
 
-``policies/budgets.toml`` is part of the policy snapshot (validated and reloaded
-with it). The counters live in the store (table ``usage_counters``, one row per
+The limits, ``policies/budgets.toml``, are part of the policy snapshot (gateway/limits.py: parsed and
+validated with it, no store needed). The counters live in the store (table ``usage_counters``, one row per
 agent, window kind and window start), so every replica and every restart sees
 the same spend. Each counter is changed in one transaction that holds it
 (an upsert, ``INSERT ... ON CONFLICT DO UPDATE SET n = n + :x``, which locks
@@ -26,10 +26,8 @@ import datetime as dt
 import logging
 import math
 import time
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, delete, func, update
@@ -37,13 +35,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.errors import BudgetExceeded, ConfigError, Unavailable
+from gateway.errors import BudgetExceeded, Unavailable
+from gateway.limits import Limits
 from gateway.store import reading
 from gateway.store import usage_counters as table
 
 log = logging.getLogger("agentgate.budgets")
 
-LIMIT_KEYS = ("requests_per_minute", "rows_per_day")
 MINUTE, DAY = "minute", "day"
 PRUNE_EVERY_SECONDS = 300.0
 # Rows still set aside this long after the agent's last reservation were lost with a gateway that stopped mid-read
@@ -51,70 +49,6 @@ PRUNE_EVERY_SECONDS = 300.0
 RESERVATION_TTL_SECONDS = 600
 # Retry-After when what is left today is held by reads in flight: they end within a source timeout.
 IN_FLIGHT_RETRY_SECONDS = 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    requests_per_minute: int | None = None
-    rows_per_day: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.requests_per_minute is None and self.rows_per_day is None
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """budgets.toml: a default and per-agent limits (an agent's keys override the default's)."""
-
-    default: Limits = Limits()
-    agents: Mapping[str, Limits] = field(default_factory=dict)
-
-    def for_agent(self, agent: str) -> Limits:
-        own = self.agents.get(agent)
-        if own is None:
-            return self.default
-        return Limits(
-            requests_per_minute=(own.requests_per_minute if own.requests_per_minute is not None
-                                 else self.default.requests_per_minute),
-            rows_per_day=own.rows_per_day if own.rows_per_day is not None else self.default.rows_per_day)
-
-
-NO_BUDGETS = Budgets()
-
-
-def load_budgets(path: Path) -> Budgets:
-    """Parse and validate budgets.toml; no file means no limits."""
-    if not path.exists():
-        return NO_BUDGETS
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, f"cannot read: {exc}") from None
-    for key in raw:
-        if key not in ("default", "agents"):
-            raise ConfigError(path, key, "unknown key (expected [default] and [agents.NAME])")
-    default = _limits(path, "default", raw.get("default", {}))
-    agents_raw = raw.get("agents", {})
-    if not isinstance(agents_raw, dict):
-        raise ConfigError(path, "agents", "must be a table of [agents.NAME] tables")
-    agents = {name: _limits(path, f"agents.{name}", body) for name, body in agents_raw.items()}
-    return Budgets(default=default, agents=agents)
-
-
-def _limits(path: Path, where: str, body: Any) -> Limits:
-    if not isinstance(body, dict):
-        raise ConfigError(path, where, "must be a table")
-    values: dict[str, int] = {}
-    for key, value in body.items():
-        if key not in LIMIT_KEYS:
-            raise ConfigError(path, f"{where}.{key}", f"unknown key (expected {' or '.join(LIMIT_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(path, f"{where}.{key}", "must be a whole number, 0 or more")
-        values[key] = value
-    return Limits(**values)
 
 
 def _now() -> dt.datetime:

@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.budgets import NO_BUDGETS, Budgets, load_budgets
 from gateway.catalog import Catalog, Dataset, load_catalog
 from gateway.config import SourceSettings
 from gateway.decisions import CasbinEngine, Decision, Engine, IndexedEngine, Rule, build_enforcer
 from gateway.errors import ConfigError
+from gateway.limits import NO_BUDGETS, Budgets, load_budgets
 
 ADMIN_PREFIX = "admin:"
 POLICY_FILES = ("model.conf", "policy.csv", "datasets.toml", "tests.toml", "budgets.toml")

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
-from gateway import budgets
+from gateway import budgets, limits
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.policy import load_policy
@@ -128,11 +128,11 @@ def test_invalid_budgets_are_refused_naming_file_and_key(tmp_path: Path, sqlite_
 
 @pytest.mark.unit
 def test_per_agent_keys_fall_back_to_the_default() -> None:
-    b = budgets.Budgets(default=budgets.Limits(requests_per_minute=5, rows_per_day=10),
-                        agents={"x": budgets.Limits(rows_per_day=1)})
-    assert b.for_agent("x") == budgets.Limits(requests_per_minute=5, rows_per_day=1)
-    assert b.for_agent("y") == budgets.Limits(requests_per_minute=5, rows_per_day=10)
-    assert json.dumps(budgets.Limits().empty) == "true"
+    b = limits.Budgets(default=limits.Limits(requests_per_minute=5, rows_per_day=10),
+                        agents={"x": limits.Limits(rows_per_day=1)})
+    assert b.for_agent("x") == limits.Limits(requests_per_minute=5, rows_per_day=1)
+    assert b.for_agent("y") == limits.Limits(requests_per_minute=5, rows_per_day=10)
+    assert json.dumps(limits.Limits().empty) == "true"
 
 
 def test_a_store_that_cannot_count_fails_closed(tmp_path: Path, sqlite_source: str,
