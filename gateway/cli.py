@@ -374,7 +374,7 @@ async def _preflight(settings: Settings) -> int:
 
 async def _store_preflight(settings: Settings) -> int:
     """The store answers, within [audit] write_timeout_seconds; else its one line and status 3."""
-    from gateway.store import make_store_engine
+    from gateway.store import busy, make_store_engine
     from gateway.storewait import STARTUP_FAILURE, probe, unreachable_line
 
     url, wait = settings.store.url, settings.audit.write_timeout_seconds
@@ -385,6 +385,8 @@ async def _store_preflight(settings: Settings) -> int:
         finally:
             await engine.dispose()
     except Exception as exc:
+        if busy(exc):  # SQLite locked by another process (a replica making the tables): the store is there
+            return EXIT_OK
         print(terminal(unreachable_line(url, exc)), file=sys.stderr)
         return STARTUP_FAILURE
     return EXIT_OK

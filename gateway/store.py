@@ -7,9 +7,12 @@ audit.py (and, later, the other store-backed services) through these tables.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -29,7 +32,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway import storefile
@@ -215,7 +218,35 @@ def reading(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{READ_ONLY: True})
 
 
+T = TypeVar("T")
+
+# Replicas started together on one SQLite store take turns for its write lock to make (or upgrade) its tables:
+# one waiting past the gateway's short lock wait ([audit] write_timeout_seconds) tries again, for this long.
+START_LOCK_SECONDS = 30.0
+
+
+def busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's "database is locked" (another connection holds the lock: the store is there)."""
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+async def at_start(work: Callable[[], Awaitable[T]]) -> T:
+    """`work`, tried again while SQLite says the store is locked, for up to START_LOCK_SECONDS."""
+    deadline = time.monotonic() + START_LOCK_SECONDS
+    while True:
+        try:
+            return await work()
+        except OperationalError as exc:
+            if not busy(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
 async def create_tables(engine: AsyncEngine) -> None:
+    await at_start(lambda: _create_tables(engine))
+
+
+async def _create_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Several replicas may start at once; one creates, the others wait for it.
@@ -239,6 +270,10 @@ def _add_new_columns(conn: Any) -> None:
 
 async def shared_secret(engine: AsyncEngine, key: str) -> str:
     """A random secret kept in the store, the same on every replica (e.g. the cursor key)."""
+    return await at_start(lambda: _shared_secret(engine, key))
+
+
+async def _shared_secret(engine: AsyncEngine, key: str) -> str:
     async with reading(engine).connect() as conn:
         found = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar_one_or_none()
     if found is not None:
