@@ -347,7 +347,7 @@ class AuditTrail:
                 found = (await conn.execute(
                     select(audit_table).where(audit_table.c.id.in_(unsettled.doubted_ids())))).all()
                 unsettled.settle([_from_row(row) for row in found])
-            group = [*unsettled.owed, *records]
+            group = [*unsettled.owed[:OWED_PER_GROUP], *records]
             if not group:
                 return []
             tail = (await conn.execute(
@@ -382,6 +382,11 @@ def _expire(fut: asyncio.Future[AuditRecord], timeout: float) -> None:
 def _answered_503(fut: asyncio.Future[AuditRecord]) -> bool:
     """The waiter was answered 503 (its write failed or timed out), not cancelled (a client gone)."""
     return fut.done() and not fut.cancelled() and isinstance(fut.exception(), Unavailable)
+
+
+# Owed corrections written ahead of one group, at most: after an outage that left many, each write stays small
+# (one that misses its deadline would hand them back, and the next would carry them all again).
+OWED_PER_GROUP = 64
 
 
 # How a correction's reason begins, the corrected record's id right after it (usage counts by it).
@@ -634,13 +639,14 @@ class _PgChainWriter:
         try:
             if unsettled.doubts and time.time() > unsettled.settle_after:
                 await self._settle(conn)
-            group = [*unsettled.owed, *records]
+            owed = unsettled.owed[:OWED_PER_GROUP]
+            group = [*owed, *records]
             if not group:
                 return []
             server_deadline = dt.datetime.fromtimestamp(deadline + self._offset, dt.UTC)
-            out = await self._append(conn, group, len(unsettled.owed), server_deadline)
+            out = await self._append(conn, group, len(owed), server_deadline)
             if out is None:
-                out = await self._append_locked(conn, group, len(unsettled.owed))
+                out = await self._append_locked(conn, group, len(owed))
             self._tail = (out[-1].id, out[-1].hash)
         except BaseException as exc:
             if isinstance(exc, asyncpg.PostgresError):  # the server refused it: nothing of it was committed

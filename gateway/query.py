@@ -29,6 +29,7 @@ from connectors.base import (
     bound_values,
 )
 from gateway.errors import BadRequest
+from gateway.inputs import json_body
 from gateway.randomness import random_bytes
 
 DEFAULT_LIMIT = 100
@@ -56,12 +57,7 @@ def parse_body(raw: bytes | None) -> QueryBody:
     if not raw or not raw.strip():
         data: Any = {}
     else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        except RecursionError:  # json's C decoder gives up on arrays nested thousands deep
-            raise BadRequest("the body is nested too deeply") from None
+        data = json_body(raw)
     return parse_query(data)
 
 

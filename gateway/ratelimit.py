@@ -101,8 +101,12 @@ class Summary:
             self.statuses[status] = self.statuses.get(status, 0) + n
         self.sample = self.sample or other.sample
         for address in other.addresses:
-            if len(self.addresses) < OVERFLOW_ADDRESSES and address not in self.addresses:
-                self.addresses.append(address)
+            self.note(address)
+
+    def note(self, address: str) -> None:
+        """One of the clients an OVERFLOW summary counts (a few are kept, for the record)."""
+        if len(self.addresses) < OVERFLOW_ADDRESSES and address not in self.addresses:
+            self.addresses.append(address)
 
     def record(self) -> AuditRecord:
         status = max(self.statuses, key=lambda s: (self.statuses[s], s))
@@ -192,9 +196,8 @@ class RefusalLimiter:
         summary.statuses[status] = summary.statuses.get(status, 0) + 1
         if summary.sample is None:
             summary.sample = {k: cap(v, SAMPLE_MAX) if isinstance(v, str) else v for k, v in sample().items()}
-        if (summary.key == OVERFLOW and client and len(summary.addresses) < OVERFLOW_ADDRESSES
-                and client not in summary.addresses):
-            summary.addresses.append(client)
+        if summary.key == OVERFLOW and client:
+            summary.note(client)
 
     async def hold(self) -> None:
         """Hold back a 429 of this limit for refusal_delay_seconds before it is answered: a client that ignores
@@ -256,11 +259,18 @@ class RefusalLimiter:
                             summary.count, exc.reason)
                 failed.append(summary)
         for summary in failed:
-            kept = self._unwritten.get(summary.key)
+            # Kept per key, as many keys as the table holds; beyond, into one OVERFLOW summary (a long outage
+            # meets new clients every interval: what is kept for it stays bounded).
+            key = summary.key if summary.key in self._unwritten or len(self._unwritten) < self._capacity else OVERFLOW
+            kept = self._unwritten.get(key)
             if kept is None:
-                self._unwritten[summary.key] = summary
-            else:
-                kept.merge(summary)
+                kept = self._unwritten[key] = summary if key == summary.key else Summary(
+                    OVERFLOW, summary.due, summary.first, summary.last)
+                if kept is summary:
+                    continue
+            kept.merge(summary)
+            if key != summary.key:
+                kept.note(summary.key)
         return failed
 
     async def _run(self) -> None:

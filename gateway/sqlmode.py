@@ -17,7 +17,6 @@ masked, not HTTP. The gateway's core authorises every dataset it names and runs 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from connectors.base import MAX_BOUND_VALUES, Filter
 from gateway import inputs, sqlpushdown
 from gateway.errors import BadRequest, Forbidden
+from gateway.inputs import json_body
 
 # SQLAlchemy dialect name -> sqlglot dialect.
 DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
@@ -92,12 +92,7 @@ def parse_body(body: bytes | None) -> str:
     """The body {"sql": "SELECT ..."} -> the SQL text; anything else is a 400."""
     if not body:
         raise BadRequest('the body must be a JSON object {"sql": "SELECT ..."}')
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
-    except RecursionError:  # json's C decoder gives up on arrays nested thousands deep
-        raise BadRequest("the body is nested too deeply") from None
+    data = json_body(body)
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object {"sql": "SELECT ..."}')
     unknown = sorted(set(data) - {"sql"})

@@ -178,7 +178,7 @@ def make_store_engine(url: str, *, wait_seconds: float | None = None) -> AsyncEn
         engine = create_async_engine(parsed, connect_args={"timeout": busy})
         _serialise_sqlite_writers(engine, busy)
         if parsed.database:  # held to the files it opens: a store deleted or replaced under it fails closed
-            storefile.guard(engine, parsed.database)
+            storefile.guard(engine, parsed.database, busy)
         return engine
     wait = wait_seconds if wait_seconds is not None else 5.0
     return create_async_engine(parsed, pool_size=10, max_overflow=10, pool_timeout=wait,

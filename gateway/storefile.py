@@ -47,8 +47,9 @@ class StoreLost(Unavailable):
 
 
 class StoreFile:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_seconds: float = 10.0):
         self.path = path
+        self._busy = busy_seconds  # the engine's own lock wait: the anchor's open waits no longer
         self._paths = [Path(f"{path}{suffix}") for suffix in SUFFIXES]
         self.opened: list[Identity | None] | None = None  # per file of _paths; None: not there when opened
         self.lost: str | None = None  # why, once the files at the path are found not to be the ones opened
@@ -59,7 +60,7 @@ class StoreFile:
         database, its -wal and -shm), and hold them open (the anchor)."""
         if self.opened is not None:
             return
-        anchor = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        anchor = sqlite3.connect(self.path, timeout=self._busy, check_same_thread=False)
         try:
             anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opens the -wal and -shm too
         except BaseException:
@@ -124,9 +125,9 @@ def _identity(path: Path, *, missing_ok: bool = True) -> Identity | None:
 _GUARDS: weakref.WeakKeyDictionary[Engine, StoreFile] = weakref.WeakKeyDictionary()
 
 
-def guard(engine: AsyncEngine, database: str) -> None:
+def guard(engine: AsyncEngine, database: str, busy_seconds: float = 10.0) -> None:
     """Hold a SQLite store engine to the files at `database` as first opened (see the module's docstring)."""
-    store = _GUARDS[engine.sync_engine] = StoreFile(Path(database))
+    store = _GUARDS[engine.sync_engine] = StoreFile(Path(database), busy_seconds)
 
     @event.listens_for(engine.sync_engine, "do_connect")
     def _before_connect(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import audit
@@ -68,28 +68,29 @@ async def usage(engine: AsyncEngine, by: str, since: dt.datetime | None = None,
     """Requests (served or refused), rows, bytes and source time per unit; most requests first."""
     c = audit_table.c
     column = c[UNITS[by][0]]
-    stmt = (select(column, func.count(), func.sum(func.coalesce(c.rows, 0)), func.sum(func.coalesce(c.bytes, 0)),
-                   func.sum(func.coalesce(c.source_ms, 0.0)))
-            .where(c.action.in_(DATA_ACTIONS), *COUNTED).group_by(column))
-    if since is not None:
-        stmt = stmt.where(c.time >= since)
-    if until is not None:
-        stmt = stmt.where(c.time < until)
+
+    def window(stmt: Select[Any]) -> Select[Any]:
+        if since is not None:
+            stmt = stmt.where(c.time >= since)
+        if until is not None:
+            stmt = stmt.where(c.time < until)
+        return stmt
+
+    totals = window(select(column, func.count(), func.sum(func.coalesce(c.rows, 0)),
+                           func.sum(func.coalesce(c.bytes, 0)), func.sum(func.coalesce(c.source_ms, 0.0)))
+                    .where(c.action.in_(DATA_ACTIONS), *COUNTED).group_by(column))
     async with reading(engine).connect() as conn:
-        rows = (await conn.execute(stmt)).fetchall()
+        rows = (await conn.execute(totals)).fetchall()
         # A record stored after its request was answered 503 (its write timed out) is followed by a correction
         # (gateway/audit.py): one request, refused, no data. The correction is counted; the record it corrects
         # is taken off again. Corrections are rare: one scan for them, then their records by id.
-        found = select(c.reason).where(c.reason.like(audit.CORRECTION_PREFIX + "%"), *COUNTED)
-        if since is not None:
-            found = found.where(c.time >= since)
-        corrected = {int(m.group(1)) for (reason,) in (await conn.execute(found)).fetchall()
-                     if (m := audit.CORRECTED_ID.match(reason or "")) is not None}
-        taken_off = (await conn.execute(
-            select(column, func.count(), func.sum(func.coalesce(c.rows, 0)), func.sum(func.coalesce(c.bytes, 0)),
-                   func.sum(func.coalesce(c.source_ms, 0.0)))
-            .where(c.id.in_(sorted(corrected)[:10_000]), c.action.in_(DATA_ACTIONS), *COUNTED)
-            .group_by(column))).fetchall() if corrected else []
+        # Both in the window: a record is taken off only where it was counted.
+        found = window(select(c.reason).where(c.reason.like(audit.CORRECTION_PREFIX + "%"), *COUNTED))
+        corrected = sorted({int(m.group(1)) for (reason,) in (await conn.execute(found)).fetchall()
+                            if (m := audit.CORRECTED_ID.match(reason or "")) is not None})
+        taken_off = []
+        for start in range(0, len(corrected), 1000):  # bound values per statement
+            taken_off += (await conn.execute(totals.where(c.id.in_(corrected[start:start + 1000])))).fetchall()
     units: dict[str | None, Usage] = {}
     counted = [(key, sign * (n or 0), sign * (r or 0), sign * (b or 0), sign * (ms or 0.0))
                for sign, part in ((1, rows), (-1, taken_off)) for key, n, r, b, ms in part]

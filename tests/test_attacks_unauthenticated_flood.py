@@ -312,3 +312,39 @@ def test_limits_are_checked(tmp_path: Path, sqlite_source: str, key: str, value:
     config = workspace(tmp_path, sqlite_source, "sqlite:///store.db", f"\n[limits]\n{key} = {value}\n")
     with pytest.raises(ConfigError, match=f"limits.{key}"):
         load_settings(config)
+
+
+@pytest.mark.unit
+async def test_summaries_kept_through_a_store_outage_stay_bounded_and_lose_no_count() -> None:
+    """While the store is down, summaries it did not take are kept to try again; a flood from ever new addresses
+    over many intervals keeps at most as many as the client table holds (plus one OVERFLOW summary), and once
+    the store is back every refusal is counted in what is written."""
+    from gateway.config import LimitSettings
+    from gateway.errors import Unavailable
+    from gateway.ratelimit import OVERFLOW, RefusalLimiter
+
+    now = [0.0]
+    down = [True]
+    written: list[Any] = []
+
+    async def write(record: Any) -> None:
+        if down[0]:
+            raise Unavailable("the store is down", reason="test: store down")
+        written.append(record)
+
+    limiter = RefusalLimiter(LimitSettings(failed_auth_clients=8, summary_seconds=1.0), write,
+                             clock=lambda: now[0])
+    refused = 0
+    for interval in range(20):
+        for i in range(8):  # 8 new addresses an interval, 160 in all
+            client = f"198.51.{interval}.{i}"
+            limiter.fold(limiter.judge(client), 401, client, lambda: {"path": "/v1/datasets"})
+            refused += 1
+        now[0] += 1.5
+        await limiter.flush()
+        assert len(limiter._unwritten) <= 8 + 1  # what the outage makes the gateway keep
+    down[0] = False
+    await limiter.flush(everything=True)
+    counts = [json.loads(r.query)["count"] if r.query else 0 for r in written]
+    assert sum(counts) == refused
+    assert len(written) <= 9 and any(r.client == OVERFLOW for r in written)
