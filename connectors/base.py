@@ -7,7 +7,7 @@ schema, binds every value, enforces its limits and returns JSON-ready rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,11 +100,56 @@ class MissingTable(ConnectorError):
     """A catalog table that the source does not have."""
 
 
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    content_type: str | None
+    body: bytes
+    headers: Mapping[str, str]  # the source's headers, hop-by-hop ones and cookies removed
+    source_ms: float
+
+
+# The two kinds of source the core reads. The core depends on these protocols only, never on a connector class:
+# a new kind of source is a new class that offers one of them, and a URL scheme in gateway/sources/.
+
+
 class TableSource(Protocol):
-    async def prepare(self, tables: Sequence[str]) -> None: ...
+    """A source of tables: the catalog's datasets with a `table` are read through one."""
+
+    name: str
+
+    @property
+    def dialect(self) -> str:
+        """The SQL dialect statements in SQL mode are written in ("postgresql", "mysql", "sqlite"...)."""
+        ...
+
+    async def prepare(self, tables: Sequence[str]) -> None:
+        """Learn the tables' columns; MissingTable names the first that does not exist."""
 
     async def columns(self, table: str) -> list[ColumnInfo]: ...
 
-    async def fetch(self, query: TableQuery) -> Page: ...
+    async def fetch(self, query: TableQuery) -> Page:
+        """The rows `query` asks for, identifiers checked and values bound; InvalidQuery for the caller's faults,
+        SourceUnavailable / SourceTimedOut for the source's."""
+        ...
+
+    async def check_filter(self, table: str, f: Filter) -> None:
+        """InvalidQuery when `f` cannot apply to `table` (an unknown column, a value of the wrong type)."""
+
+    async def run_select(self, sql: str, limit: int, binds: Mapping[str, tuple[str, str, Any]] | None = None) -> Page:
+        """A checked SELECT (SQL mode), at most `limit` rows; SourceRefused when the source refuses it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class HttpSource(Protocol):
+    """A source over HTTP: the catalog's datasets with a `path` prefix are read through one, GET only."""
+
+    name: str
+
+    async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None) -> HttpAnswer:
+        """The source's answer for `{base}{prefix}/{raw_path}?{raw_query}`, the path confined to the prefix."""
+        ...
 
     async def close(self) -> None: ...

@@ -13,13 +13,12 @@ import re
 import time
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote, unquote
 
 import httpx
 
-from connectors.base import InvalidQuery, SourceTimedOut, SourceUnavailable
+from connectors.base import HttpAnswer, InvalidQuery, SourceTimedOut, SourceUnavailable
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 # Never passed back: hop-by-hop headers, cookies, and what no longer fits the (decoded, re-sent) body.
@@ -33,15 +32,6 @@ _QUERY_SAFE = "!$&'()*+,;=:@-._~/?%[]"
 
 class ResponseTooLarge(SourceUnavailable):
     """The source's answer is over the size cap: nothing of it is served."""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpAnswer:
-    status: int
-    content_type: str | None
-    body: bytes
-    headers: Mapping[str, str]  # the source's headers, hop-by-hop ones and cookies removed
-    source_ms: float
 
 
 def _has_control(text: str) -> bool:

@@ -14,25 +14,27 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import admin, data, mcp_server, ops
-from gateway.audit import AuditTrail
-from gateway.auth import Authenticator
-from gateway.caller import TrustedProxies
-from gateway.chainwatch import ChainWatch
-from gateway.config import Settings, find_config, load_settings
-from gateway.connections import capacity
-from gateway.core import ACTIONS, Gateway, PolicyHolder
-from gateway.integrity import Checkpointer
-from gateway.metrics import Metrics
-from gateway.query import CursorCodec
-from gateway.ratelimit import RefusalLimiter
-from gateway.reloader import PolicyReloader, load_checked_policy
-from gateway.revocations import Registry
-from gateway.sources import check_tables, open_http_sources, open_sources
-from gateway.store import create_tables, make_store_engine, shared_secret
-from gateway.storewait import Waiting
-from gateway.sync import StoreSync
-from gateway.web import routes as web_routes
+from gateway.audit.chainwatch import ChainWatch
+from gateway.audit.integrity import Checkpointer
+from gateway.audit.trail import AuditTrail
+from gateway.auth.tokens import Authenticator
+from gateway.common.metrics import Metrics
+from gateway.config.settings import Settings, find_config, load_settings
+from gateway.core.pipeline import ACTIONS, Gateway
+from gateway.core.query import CursorCodec
+from gateway.policy.loader import PolicyHolder
+from gateway.runtime.connections import capacity
+from gateway.runtime.storewait import Waiting
+from gateway.services.ratelimit import RefusalLimiter
+from gateway.services.reloader import PolicyReloader, load_checked_policy
+from gateway.services.revocations import Registry
+from gateway.sources.opening import check_tables, open_http_sources, open_sources
+from gateway.store.database import create_tables, make_store_engine, shared_secret
+from gateway.store.feed import StoreSync
+from gateway.transports import admin, data, ops
+from gateway.transports import mcp as mcp_server
+from gateway.transports.caller import TrustedProxies
+from gateway.transports.review import routes as web_routes
 
 __all__ = ["app_from_env", "create_app", "load_checked_policy"]
 
@@ -59,14 +61,14 @@ class GatewayApp(Starlette):
                 return
             await super().__call__(scope, receive, send)
         except ClientDisconnect:
-            # The client left, or was cut off (gateway/connections.py: a body too slow), before its request was
+            # The client left, or was cut off (gateway/runtime/connections.py: a body too slow), before its request was
             # read whole: there is no request to answer or record, and nothing for the log (a traceback each).
             pass
 
 
 def create_app(settings: Settings, *, watch_policy: bool = True, wait_for_store: float | None = None) -> Starlette:
     """`wait_for_store`: seconds to wait for a store not there at start (serve --wait-for-store), answering
-    503 meanwhile (gateway/storewait.py); None: the store is there, or the start fails."""
+    503 meanwhile (gateway/runtime/storewait.py); None: the store is there, or the start fails."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -18,8 +18,8 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from starlette.testclient import TestClient
 
-from gateway import audit
-from gateway.store import make_store_engine
+from gateway.audit import trail as audit
+from gateway.store.database import make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, bearer, client_for, records, token, write_workspace
 
 pytestmark = pytest.mark.integration

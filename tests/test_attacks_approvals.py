@@ -1,7 +1,7 @@
 """Attacks on human approval: reusing an approval for what was not approved, and approving one's own request.
 
 An approval is bound to the request as submitted: its agent (and on_behalf_of), its dataset and its body
-(gateway/approvals.py binding: JSON with keys sorted and no spacing, so key order and whitespace are the same
+(gateway/services/approvals.py binding: JSON with keys sorted and no spacing, so key order and whitespace are the same
 request; every other difference, a next page's cursor included, is another request). A repeated request while
 one is pending answers with that one's id. Whoever decides is never the agent that asked nor the person it
 asked for: refused on the admin API (403) and the command line (exit 1), and recorded either way; the command
@@ -24,7 +24,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
-from gateway.audit import now
+from gateway.audit.trail import now
 from tests.conftest import DATASETS, POLICY, bearer, client_for, write_workspace
 from tests.test_cli import _env, agentgate_many, one_line_reason, output
 from tests.test_http_sources import DATASETS_HTTP, POLICY_HTTP, UPSTREAM_SECRET

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
-from gateway import budgets
+from gateway.services import meter as budgets
 from tests.conftest import DATASETS, bearer, client_for, records, write_workspace
 
 pytestmark = pytest.mark.integration

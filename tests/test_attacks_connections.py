@@ -3,7 +3,7 @@
 The attacks, against a real server on 127.0.0.1: connections that send nothing, half a request line, headers
 a byte at a while, headers without end, half a body (slowloris, slow POST); idle keep-alive connections;
 more connections than the cap; more half-sent requests than the server has file descriptors. The properties
-(gateway/connections.py, `[server]` settings): a request's head must arrive within header_timeout_seconds
+(gateway/runtime/connections.py, `[server]` settings): a request's head must arrive within header_timeout_seconds
 (408, closed), its body within body_timeout_seconds; an idle keep-alive connection is closed after
 keep_alive_seconds; heads over max_header_bytes answer 431; at max_connections the oldest connection not
 being answered is closed for a newcomer, and only when all are being answered is the newcomer refused (503,

@@ -1,6 +1,6 @@
 """Attack: a token whose subject names a role, to get that role's rights without being given them.
 
-Agents and roles are separate names (gateway/policy.py role_names): a role is the second field of a `g` line
+Agents and roles are separate names (gateway/policy/loader.py role_names): a role is the second field of a `g` line
 or the subject of a `p` line; a token whose `sub` is one is refused (401 `unauthenticated`, recorded), on
 every way in — the query API, SQL mode, the admin API, the review page and MCP — and `agentgate check`
 fails on a name the policy files use as an agent's that is a role. Against SQLite and PostgreSQL stores.

@@ -31,7 +31,7 @@ import pytest
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.api.mcp_server import CORE_HAS_SQL, REFUSED
+from gateway.transports.mcp import CORE_HAS_SQL, REFUSED
 from tests.conftest import (
     AUDIENCE,
     N_CUSTOMERS,

@@ -1,7 +1,7 @@
 """Orphaned workers: the supervisor of `agentgate serve --workers N` killed outright (`kill -9`, the OOM killer).
 
 The attack: nothing told the workers, so they kept serving, unsupervised, and held the port: a restart on it
-failed with "Address already in use". The property (gateway/parentwatch.py): every worker stops when its
+failed with "Address already in use". The property (gateway/runtime/parentwatch.py): every worker stops when its
 supervisor dies, gracefully (a request in flight is answered and its audit record written) and within a
 bound, and a new `serve` on the same port starts and answers. On Linux the kernel's parent-death signal does it;
 the portable watch of the parent alone does it too, and a worker that will not stop is ended after its grace.
@@ -157,7 +157,7 @@ def test_a_killed_supervisors_workers_stop_and_the_port_is_free_again(tmp_path: 
 # where there is no pidfd (macOS, Linux before 5.3): the watch looks at os.getppid() every 0.5 s.
 WATCHED = """
 import os, signal, sys, time
-from gateway import parentwatch
+from gateway.runtime import parentwatch
 if sys.argv[1] == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if sys.argv[3] == "getppid":

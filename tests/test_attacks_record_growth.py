@@ -1,6 +1,6 @@
 """Growing the audit store with what a client sends: huge bodies, headers, names, paths and claims.
 
-No field of a record grows with what a client sends (gateway/audit.py FIELD_MAX, QUERY_MAX_BYTES): the query is
+No field of a record grows with what a client sends (gateway/audit/trail.py FIELD_MAX, QUERY_MAX_BYTES): the query is
 kept up to 4 KiB, with the whole one's length and SHA-256 beside it; every other text is kept capped. A work unit
 or approval id over 128 characters or with a control character is a 400, recorded with it escaped and capped.
 Requests without a valid token are nobody's usage. Every way in is tried (REST query, SQL mode, the proxy, MCP,
@@ -21,8 +21,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
-from gateway import audit, cli
-from gateway.store import make_store_engine
+from gateway import cli
+from gateway.audit import trail as audit
+from gateway.store.database import make_store_engine
 from tests.conftest import bearer, client_for, token, write_workspace
 
 pytestmark = pytest.mark.integration

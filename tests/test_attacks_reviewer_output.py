@@ -29,8 +29,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from gateway import textsafe
 from gateway.cli import LOG_FORMAT
+from gateway.common import textsafe
 from tests.conftest import DATASETS, POLICY, bearer, client_for, token, write_workspace
 from tests.serving import serving
 from tests.test_cli import agentgate, agentgate_many, output
@@ -54,7 +54,7 @@ def inert(text: str) -> bool:
 
 
 def formula(cell: str) -> bool:
-    """What a spreadsheet would run: the test's own reading of OWASP, independent of gateway/textsafe.py."""
+    """What a spreadsheet would run: the test's own reading of OWASP, independent of gateway/common/textsafe.py."""
     head = cell.lstrip("".join(chr(c) for c in range(0x21)) + "\x7f\u3000\u200b\ufeff\u202e\u2066")
     return cell[:1] in ("\t", "\r") or head[:1] in ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 

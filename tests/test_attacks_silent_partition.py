@@ -27,9 +27,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
-from gateway import revocations
-from gateway.store import make_store_engine
-from gateway.sync import FEED_NAME
+from gateway.services import revocations
+from gateway.store.database import make_store_engine
+from gateway.store.feed import FEED_NAME
 from tests.conftest import bearer, client_for, token, write_workspace
 from tests.faults import FreezableProxy, through
 

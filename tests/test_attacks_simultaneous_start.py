@@ -39,7 +39,7 @@ STARTED = 90.0  # REPLICAS + 1 processes starting at once on a busy 2-core box
 BARRIER = """
 import sys, time
 from pathlib import Path
-import gateway.app, gateway.cli, gateway.store, connectors.sql
+import gateway.app, gateway.cli, gateway.store.database, connectors.sql
 Path(sys.argv[1]).touch()
 while not Path(sys.argv[2]).exists():
     time.sleep(0.001)

@@ -159,7 +159,7 @@ def test_a_source_never_holds_more_than_pool_size_connections(tmp_path: Path, se
             answered, seen = asyncio.run(run())
     # No read failed for want of a connection: one beyond the pool waited its turn, none timed out (504) or failed
     # (502). (A 503 is the store's, not the source's: a replica on a box this loaded may fall behind its store's
-    # changes for a moment and refuse meanwhile, gateway/sync.py. It has nothing to do with the pool.)
+    # changes for a moment and refuse meanwhile, gateway/store/feed.py. It has nothing to do with the pool.)
     for kind, statuses in answered.items():
         assert statuses.count(200) >= 10 and set(statuses) <= {200, 503}, (kind, sorted(set(statuses)))
     # The gateway used its pool whole (the load did reach the bound) and never went past it.

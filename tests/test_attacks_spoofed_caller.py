@@ -30,10 +30,11 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from gateway import audit, integrity
 from gateway.app import create_app
-from gateway.config import load_settings
-from gateway.store import create_tables, make_store_engine
+from gateway.audit import integrity
+from gateway.audit import trail as audit
+from gateway.config.settings import load_settings
+from gateway.store.database import create_tables, make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, POLICY, SECRET, bearer, loopback_http, records, token, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -196,7 +197,7 @@ def test_which_hop_is_recorded(tmp_path: Path, sqlite_source: str, tickets: str,
 
 @pytest.mark.parametrize("value", ["10.0.0.300", "example.com", "10.0.0.0/33", "", 5])
 def test_forwarded_allow_ips_is_checked(tmp_path: Path, sqlite_source: str, tickets: str, value: Any) -> None:
-    from gateway.errors import ConfigError
+    from gateway.common.errors import ConfigError
 
     config = config_with(tmp_path, sqlite_source, tickets, json.dumps([value]))
     with pytest.raises(ConfigError, match=r"server\.forwarded_allow_ips"):

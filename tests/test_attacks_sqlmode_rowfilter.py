@@ -132,8 +132,7 @@ def _regenerated(dialect: str, statement: str) -> str:
     """The SQL the gateway sends for `statement` read by an agent filtered to country 'DE' (the marker of the
     filter's value written as a literal, as EXPLAIN takes no parameters)."""
     from connectors.base import Filter
-    from gateway import sqlmode
-
+    from gateway.sqlmode import statement as sqlmode
     tree = sqlmode.parse(statement, dialect)
     refs = sqlmode.dataset_references(tree)
     source = sqlmode.Source("customers", "customers", ["id", "name", "country", "active"], frozenset(), 25,
@@ -257,7 +256,7 @@ REFUSED_BY_SOURCE = {"pg": "SELECT CAST(name AS INTEGER) AS n FROM customers",
                      "mariadb": "SELECT id + 9223372036854775807 AS x FROM customers"}
 
 
-# --- plainly safe conditions copied inside the fence (gateway/sqlpushdown.py) ------------------------------------
+# --- plainly safe conditions copied inside the fence (gateway/sqlmode/pushdown.py) ------------------------------------
 
 SAFE = {
     "key lookup": ("SELECT id FROM customers WHERE id = 5", lambda r: r["id"] == 5),

@@ -5,7 +5,7 @@ store.db*`, `mv other.db store.db` (another store, or a backup of this one), the
 folder removed. A process keeps writing to the files it opened whatever the path names now: the gateway answered
 200 on and on while every record went to a file nobody could open again.
 
-The property (gateway/storefile.py): no request is answered 200 unless its record is in the store the gateway
+The property (gateway/store/files.py): no request is answered 200 unless its record is in the store the gateway
 opened, which someone can still read (here through hard links made before the files went); every request sent
 after the files went answers 503; /readyz answers 503 and says why; nothing is written to a file now at the path
 (no empty store is made in place of a deleted one, a replacing file gets no record). The loss is final for the

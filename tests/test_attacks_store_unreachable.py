@@ -35,11 +35,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import audit, usage
-from gateway.config import load_settings
-from gateway.errors import ConfigError, Unavailable
-from gateway.store import audit as audit_table
-from gateway.store import make_store_engine
+from gateway.audit import trail as audit
+from gateway.common.errors import ConfigError, Unavailable
+from gateway.config.settings import load_settings
+from gateway.services import usage
+from gateway.store.database import audit as audit_table
+from gateway.store.database import make_store_engine
 from tests.conftest import PgCluster, bearer, opened_store, write_workspace
 from tests.faults import FreezableProxy, through
 from tests.serving import env, free_port, serving, stop

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from gateway import audit
-from gateway.store import anchor as anchor_table
-from gateway.store import audit as audit_table
+from gateway.audit import trail as audit
+from gateway.store.database import anchor as anchor_table
+from gateway.store.database import audit as audit_table
 from tests.conftest import bearer, client_for, opened_store, token, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 

@@ -27,10 +27,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.testclient import TestClient
 
-from gateway import audit, integrity
-from gateway.config import load_settings
-from gateway.errors import ConfigError
-from gateway.store import audit as audit_table
+from gateway.audit import integrity
+from gateway.audit import trail as audit
+from gateway.common.errors import ConfigError
+from gateway.config.settings import load_settings
+from gateway.store.database import audit as audit_table
 from tests.conftest import bearer, client_for, records, token, write_workspace
 
 pytestmark = pytest.mark.integration

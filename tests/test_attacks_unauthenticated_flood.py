@@ -4,7 +4,7 @@ and the trail must stay complete in count.
 The attacks: requests with no token, a junk token, an expired one, a body over the limit, on REST (the fast
 path and the router) and MCP, as fast as the client can; the same from addresses a trusted proxy forwards,
 from an untrusted peer writing X-Forwarded-For, and from ever new addresses (rotating, IPv4 and within an
-IPv6 /64). The properties (gateway/ratelimit.py): beyond `[limits] failed_auth_burst` at once and
+IPv6 /64). The properties (gateway/services/ratelimit.py): beyond `[limits] failed_auth_burst` at once and
 `failed_auth_per_minute`, such a client gets 429 `budget_exceeded` with Retry-After; the requests recorded one
 by one plus the `rows` of the `refused_summary` records equal the requests sent, exactly, also across a
 shutdown; the per-client table is bounded; an authenticated agent at the same address is served as ever.
@@ -30,8 +30,8 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.cli import main as cli
-from gateway.config import load_settings
-from gateway.errors import ConfigError
+from gateway.common.errors import ConfigError
+from gateway.config.settings import load_settings
 from tests.conftest import bearer, opened_store, token, write_workspace
 from tests.serving import serving
 
@@ -319,9 +319,9 @@ async def test_summaries_kept_through_a_store_outage_stay_bounded_and_lose_no_co
     """While the store is down, summaries it did not take are kept to try again; a flood from ever new addresses
     over many intervals keeps at most as many as the client table holds (plus one OVERFLOW summary), and once
     the store is back every refusal is counted in what is written."""
-    from gateway.config import LimitSettings
-    from gateway.errors import Unavailable
-    from gateway.ratelimit import OVERFLOW, RefusalLimiter
+    from gateway.common.errors import Unavailable
+    from gateway.config.settings import LimitSettings
+    from gateway.services.ratelimit import OVERFLOW, RefusalLimiter
 
     now = [0.0]
     down = [True]

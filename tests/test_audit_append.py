@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import audit, integrity
-from gateway.errors import Unavailable
-from gateway.store import audit as audit_table
-from gateway.store import make_store_engine
+from gateway.audit import integrity
+from gateway.audit import trail as audit
+from gateway.common.errors import Unavailable
+from gateway.store.database import audit as audit_table
+from gateway.store.database import make_store_engine
 from tests.conftest import bearer, client_for, opened_store, write_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

@@ -1,4 +1,4 @@
-"""gateway.auth against real signed JWTs and a real JWKS server on 127.0.0.1."""
+"""gateway.auth.tokens against real signed JWTs and a real JWKS server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth import Agent, Authenticator
-from gateway.config import AuthSettings, Secret
-from gateway.errors import ConfigError, Unauthenticated
+from gateway.auth.tokens import Agent, Authenticator
+from gateway.common.errors import ConfigError, Unauthenticated
+from gateway.config.settings import AuthSettings, Secret
 
 pytestmark = pytest.mark.unit
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import load_catalog
-from gateway.config import SourceSettings, find_config, load_settings
-from gateway.errors import ConfigError
+from gateway.common.errors import ConfigError
+from gateway.config.settings import SourceSettings, find_config, load_settings
+from gateway.policy.catalog import load_catalog
 
 pytestmark = pytest.mark.unit
 

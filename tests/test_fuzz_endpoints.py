@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from gateway import integrity
-from gateway.store import make_store_engine
+from gateway.audit import integrity
+from gateway.store.database import make_store_engine
 from tests.conftest import (
     DATASETS,
     IN_CI,

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import audit, integrity
-from gateway.store import anchor as anchor_table
-from gateway.store import audit as audit_table
-from gateway.store import checkpoints as checkpoint_table
-from gateway.store import create_tables, make_store_engine
+from gateway.audit import integrity
+from gateway.audit import trail as audit
+from gateway.store.database import anchor as anchor_table
+from gateway.store.database import audit as audit_table
+from gateway.store.database import checkpoints as checkpoint_table
+from gateway.store.database import create_tables, make_store_engine
 from tests.conftest import opened_store, write_workspace
 
 pytestmark = pytest.mark.integration

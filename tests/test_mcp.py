@@ -16,7 +16,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.api.mcp_server import CORE_HAS_SQL
+from gateway.transports.mcp import CORE_HAS_SQL
 from tests.conftest import DATASETS, bearer, write_workspace
 from tests.serving import serving
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SourceSettings
-from gateway.decisions import CasbinEngine, IndexedEngine, Rule, build_enforcer
-from gateway.errors import ConfigError
-from gateway.policy import SHIPPED_MODEL, failing_cases, lint, load_policy
+from gateway.common.errors import ConfigError
+from gateway.config.settings import SourceSettings
+from gateway.policy.decisions import CasbinEngine, IndexedEngine, Rule, build_enforcer
+from gateway.policy.loader import SHIPPED_MODEL, failing_cases, lint, load_policy
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.api import data
+from gateway.transports import data
 from tests.conftest import bearer, client_for
 
 pytestmark = pytest.mark.integration

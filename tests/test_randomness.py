@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from gateway import randomness
+from gateway.common import randomness
 
 pytestmark = pytest.mark.unit
 

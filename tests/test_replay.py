@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import audit
-from gateway.config import load_settings
-from gateway.store import create_tables, make_store_engine
+from gateway.audit import trail as audit
+from gateway.config.settings import load_settings
+from gateway.store.database import create_tables, make_store_engine
 from tests.conftest import POLICY, bearer, client_for, write_workspace
 from tests.test_cli import agentgate_many, one_line_reason, output
 

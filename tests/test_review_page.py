@@ -21,9 +21,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.audit import FIELD_ORDER
-from gateway.web import chart
-from gateway.web.routes import COOKIE
+from gateway.audit.trail import FIELD_ORDER
+from gateway.transports.review import chart
+from gateway.transports.review.routes import COOKIE
 from tests.conftest import IN_CI, bearer, client_for, token, write_workspace
 from tests.serving import serving
 

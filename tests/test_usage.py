@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from gateway import audit
-from gateway.config import load_settings
-from gateway.errors import ConfigError
-from gateway.store import create_tables, make_store_engine
+from gateway.audit import trail as audit
+from gateway.common.errors import ConfigError
+from gateway.config.settings import load_settings
+from gateway.store.database import create_tables, make_store_engine
 from tests.conftest import bearer, client_for, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 

@@ -1,0 +1,1 @@
+"""The trail: records, the writer and its hash chain, reading, export, verification, replay."""

@@ -1,0 +1,1 @@
+"""Who is calling: JWT verification, keys, and what a token may reach."""

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: errors, safe text, randomness, input bounds, metrics."""

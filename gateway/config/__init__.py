@@ -1,0 +1,1 @@
+"""agentgate.toml: the settings, their defaults and their checks."""

@@ -1,0 +1,1 @@
+"""The one read path: the pipeline every transport calls, its operations and their answers."""

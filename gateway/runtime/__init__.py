@@ -1,0 +1,1 @@
+"""The process: connection and file capacity, the parent watch, waiting for the store at start."""

@@ -1,0 +1,1 @@
+"""Stateful services over the store: revocations, approvals, the meter, usage, refusal limits, policy reloads."""

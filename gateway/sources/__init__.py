@@ -1,0 +1,1 @@
+"""The data sources named in agentgate.toml, opened and checked against the catalog."""

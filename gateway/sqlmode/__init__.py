@@ -1,0 +1,1 @@
+"""SQL mode: the statement an agent writes, checked and fenced by its row filter."""

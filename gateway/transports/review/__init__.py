@@ -1,0 +1,1 @@
+"""The security reviewers' page: the trail, searched and charted, in a browser."""
