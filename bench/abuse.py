@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table
 from read_path import BODY, PATH, PG, RawClient, Server, create_databases, tear_down, token, workspace
 
-from gateway.config.settings import LimitSettings
+from gateway.config import LimitSettings
 
 MB = 1024 * 1024
 

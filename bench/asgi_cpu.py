@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import read_path as rp  # the same databases, workspace and tokens as the read-path bench
 
 from gateway.app import create_app
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 
 
 async def one_read(app: Any, token: str) -> int:

@@ -53,9 +53,8 @@ import casbin
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table
 
-from gateway.config.settings import load_settings
-from gateway.policy.decisions import IndexedEngine
-from gateway.policy.loader import Policy, load_policy
+from gateway.config import load_settings
+from gateway.policy import IndexedEngine, Policy, load_policy
 from gateway.services.reloader import load_checked_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,8 +407,8 @@ async def run_size(n_lines: int, n_requests: int, n_agents: int, per_domain: int
 
 def load_breakdown(policy_dir: Path) -> dict[str, float]:
     """Where load_policy's time goes (seconds), phase by phase, with the same functions it calls."""
+    from gateway.policy import build_enforcer
     from gateway.policy import loader as pol
-    from gateway.policy.decisions import build_enforcer
 
     out: dict[str, float] = {}
     t = time.perf_counter()
@@ -429,7 +428,7 @@ def load_breakdown(policy_dir: Path) -> dict[str, float]:
 
 
 def _source_stub() -> Any:
-    from gateway.config.settings import SourceSettings
+    from gateway.config import SourceSettings
 
     return SourceSettings(name="bench", kind="sql", url="sqlite+aiosqlite:///unused.db")
 

@@ -58,7 +58,7 @@ from bench._common import percentile, table  # noqa: E402
 PG = "postgresql://postgres@127.0.0.1:5432"
 SECRET = "bench-secret-" + "b" * 40
 QUERY = "/v1/datasets/items/query"
-FEED_NAME = "agentgate-feed"  # gateway/store/feed.py: the listening connection's application_name
+FEED_NAME = "agentgate-feed"  # gateway/store/postgresql.py: the listening connection's application_name
 
 
 def free_port() -> int:

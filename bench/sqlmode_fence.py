@@ -2,7 +2,7 @@
 
 A dataset with a row filter stands in SQL mode as a subquery that no planner may flatten or push the agent's
 conditions into (OFFSET 0 on PostgreSQL, a LIMIT no table reaches on MariaDB and SQLite; see
-gateway/sqlmode/statement.py).
+gateway/sqlmode/rewrite.py).
 This bench runs the SQL the gateway sends — made by sqlmode.rewrite itself, the filter's value written as a
 literal — against the same SQL with the fence taken out (what was sent before, and what leaked), directly on each
 database, and prints the ratio fenced / unfenced of the median time per statement.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import table
 from connectors.base import Filter
-from gateway.sqlmode import statement as sqlmode
+from gateway import sqlmode
 
 ADMIN = {"pg": "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
          "mariadb": "mysql+aiomysql://root@127.0.0.1:3306/"}

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config.settings import load_settings
-from gateway.store.database import create_tables, make_store_engine
+from gateway.config import load_settings
+from gateway.store import create_tables, make_store_engine
 
 SECRET = "test-secret-" + "x" * 40
 AUDIENCE = "agentgate-test"

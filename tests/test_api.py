@@ -18,8 +18,8 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from starlette.testclient import TestClient
 
-from gateway.audit import trail as audit
-from gateway.store.database import make_store_engine
+from gateway.audit import Verification, verify
+from gateway.store import make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, bearer, client_for, records, token, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -241,10 +241,10 @@ def test_concurrent_requests_form_one_verified_chain_in_postgres(pg_client: tupl
         statuses = list(pool.map(one, range(60)))
     assert statuses.count(200) == 40 and statuses.count(403) == 20
 
-    async def check() -> audit.Verification:
+    async def check() -> Verification:
         engine = make_store_engine(store_url)
         try:
-            return await audit.verify(engine)
+            return await verify(engine)
         finally:
             await engine.dispose()
 

@@ -19,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway import cli
+from gateway.cli.approvals import APPROVALS_SHOWN
 from tests.conftest import DATASETS, bearer, client_for, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -160,5 +161,5 @@ def test_the_command_line_shows_the_newest_fifty_by_default(tmp_path: Path, sqli
         ids = [ask(client, n).json()["approval_id"] for n in range(1, 53)]
     assert cli.main(["approvals", "list", "--json", "--config", str(config)]) == 0
     out = capsys.readouterr()
-    assert [x["id"] for x in json.loads(out.out)] == ids[::-1][:cli.APPROVALS_SHOWN]
+    assert [x["id"] for x in json.loads(out.out)] == ids[::-1][:APPROVALS_SHOWN]
     assert "the newest 50 shown" in out.err

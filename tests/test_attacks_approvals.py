@@ -24,7 +24,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
-from gateway.audit.trail import now
+from gateway.common.clock import now
 from tests.conftest import DATASETS, POLICY, bearer, client_for, write_workspace
 from tests.test_cli import _env, agentgate_many, one_line_reason, output
 from tests.test_http_sources import DATASETS_HTTP, POLICY_HTTP, UPSTREAM_SECRET

@@ -19,7 +19,7 @@ import pytest
 
 import tests.serving
 from gateway.auth.exposure import DEMO_JWT_SECRET, uses_demo_secret
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from tests.serving import env, serving
 from tests.test_cli import agentgate_many, one_line_reason, output
 

@@ -34,7 +34,7 @@ from starlette.testclient import TestClient
 from connectors.base import MAX_BOUND_VALUES, Filter, InvalidQuery, TableQuery
 from connectors.cache import SizedCache
 from connectors.sql import SqlConnector, make_engine
-from gateway.sqlmode.statement import MAX_SQL_DEPTH, MAX_SQL_NODES, MAX_SQL_TOKENS
+from gateway.sqlmode import MAX_SQL_DEPTH, MAX_SQL_NODES, MAX_SQL_TOKENS
 from tests.conftest import (
     PG_ADMIN,
     POLICY,

@@ -1,6 +1,6 @@
 """Growing the audit store with what a client sends: huge bodies, headers, names, paths and claims.
 
-No field of a record grows with what a client sends (gateway/audit/trail.py FIELD_MAX, QUERY_MAX_BYTES): the query is
+No field of a record grows with what a client sends (gateway/audit/bounds.py FIELD_MAX, QUERY_MAX_BYTES): the query is
 kept up to 4 KiB, with the whole one's length and SHA-256 beside it; every other text is kept capped. A work unit
 or approval id over 128 characters or with a control character is a 400, recorded with it escaped and capped.
 Requests without a valid token are nobody's usage. Every way in is tried (REST query, SQL mode, the proxy, MCP,
@@ -22,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from gateway import cli
-from gateway.audit import trail as audit
-from gateway.store.database import make_store_engine
+from gateway.audit import FIELD_MAX, QUERY_MAX_BYTES
+from gateway.store import make_store_engine
 from tests.conftest import bearer, client_for, token, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -55,11 +55,11 @@ def last(client: TestClient, request_id: str) -> dict[str, Any]:
 
 
 def assert_bounded(record: dict[str, Any]) -> None:
-    for name, limit in audit.FIELD_MAX.items():
+    for name, limit in FIELD_MAX.items():
         value = record[name]
         assert value is None or len(value) <= limit, (name, len(value))
     if record["query"] is not None:
-        assert len(record["query"].encode("utf-8")) <= audit.QUERY_MAX_BYTES
+        assert len(record["query"].encode("utf-8")) <= QUERY_MAX_BYTES
     assert len(json.dumps(record)) < 20_000  # the whole record, every field together
 
 
@@ -67,7 +67,7 @@ def assert_measured(record: dict[str, Any], whole: bytes) -> None:
     """The record keeps the start of `whole` and its length and SHA-256."""
     assert record["query_bytes"] == len(whole) and record["query_sha256"] == hashlib.sha256(whole).hexdigest()
     kept = record["query"].encode("utf-8")
-    assert 0 < len(kept) <= audit.QUERY_MAX_BYTES and whole.startswith(kept), kept[:80]
+    assert 0 < len(kept) <= QUERY_MAX_BYTES and whole.startswith(kept), kept[:80]
 
 
 def request_id(response: Any) -> str:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from gateway.cli import LOG_FORMAT
+from gateway.cli.logs import LOG_FORMAT
 from gateway.common import textsafe
 from tests.conftest import DATASETS, POLICY, bearer, client_for, token, write_workspace
 from tests.serving import serving

@@ -28,8 +28,7 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from gateway.services import revocations
-from gateway.store.database import make_store_engine
-from gateway.store.feed import FEED_NAME
+from gateway.store import FEED_NAME, make_store_engine
 from tests.conftest import bearer, client_for, token, write_workspace
 from tests.faults import FreezableProxy, through
 

@@ -3,7 +3,7 @@
 The fault: the shipped configuration creates its SQLite demo source from a seed on first start, and two replicas
 started at once on a fresh folder crashed 4 times in 12 (`attempt to write a readonly database`, `table ...
 already exists`): both wrote the same temporary file, or one renamed it from under the other. The property:
-the seed runs once, under a lock on a file beside the database (connectors/sql.py, seed_sqlite), and the
+the seed runs once, under a lock on a file beside the database (connectors/sql/engine.py, seed_sqlite), and the
 others wait and then open the seeded database; the store's tables, the ALTERs that upgrade an older store and
 the switch to WAL are made by one process at a time (BEGIN IMMEDIATE on SQLite). Every replica, a supervisor
 with its workers among them, comes up and answers the same rows, with no traceback in any log, and the trail
@@ -39,7 +39,7 @@ STARTED = 90.0  # REPLICAS + 1 processes starting at once on a busy 2-core box
 BARRIER = """
 import sys, time
 from pathlib import Path
-import gateway.app, gateway.cli, gateway.store.database, connectors.sql
+import gateway.app, gateway.cli, gateway.store, connectors.sql
 Path(sys.argv[1]).touch()
 while not Path(sys.argv[2]).exists():
     time.sleep(0.001)

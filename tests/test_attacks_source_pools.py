@@ -36,8 +36,8 @@ CONCURRENCY = 12
 MCP_SESSIONS = 3
 SLEEP = 0.03
 # A view whose every read takes SLEEP seconds on the server: reads overlap, so each way in wants every connection
-# it may have. `everyone` has a max_rows over the connector's batch size (connectors/sql.py _BATCH_ROWS): SQL mode
-# reads it as a large statement is read on PostgreSQL (in batches, through a cursor).
+# it may have. `everyone` has a max_rows over the connector's batch size (connectors/sql/pgreader.py BATCH_ROWS):
+# SQL mode reads it as a large statement is read on PostgreSQL (in batches, through a cursor).
 VIEWS = {
     "postgres": f"CREATE VIEW slow AS SELECT c.* FROM customers c CROSS JOIN (SELECT pg_sleep({SLEEP})) AS s",
     "mariadb": f"CREATE VIEW slow AS SELECT c.* FROM customers c CROSS JOIN (SELECT SLEEP({SLEEP}) AS z) AS s",

@@ -31,10 +31,10 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.audit import integrity
-from gateway.audit import trail as audit
-from gateway.config.settings import load_settings
-from gateway.store.database import create_tables, make_store_engine
+from gateway.audit import FIELD_ORDER, AuditRecord, AuditTrail, integrity
+from gateway.common.clock import now
+from gateway.config import load_settings
+from gateway.store import create_tables, make_store_engine
 from tests.conftest import AUDIENCE, DATASETS, POLICY, SECRET, bearer, loopback_http, records, token, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -307,7 +307,7 @@ def test_exports_carry_every_field(tmp_path: Path, sqlite_source: str, tickets: 
     expected = {"token_id": jwt.decode(tok, options={"verify_signature": False})["jti"], "client": "198.51.100.9",
                 "user_agent": "agent-sdk/2.1", "trace_id": TRACE}
     line = next(json.loads(x) for x in jsonl.text.splitlines() if json.loads(x)["request_id"] == rid)
-    assert list(line) == list(audit.FIELD_ORDER) and {k: line[k] for k in NEW_FIELDS} == expected
+    assert list(line) == list(FIELD_ORDER) and {k: line[k] for k in NEW_FIELDS} == expected
     row = next(r for r in csv.DictReader(io.StringIO(csv_text)) if r["request_id"] == rid)
     assert {k: row[k] for k in NEW_FIELDS} == expected
     cli = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "export", "--format", "jsonl", "--config",
@@ -321,7 +321,7 @@ def test_exports_carry_every_field(tmp_path: Path, sqlite_source: str, tickets: 
 
 def old_hash(record: dict[str, Any]) -> str:
     """The hash as the release before these fields computed it: its own fields only, sorted, compact JSON."""
-    old = [f for f in audit.FIELD_ORDER if f not in (*NEW_FIELDS, "query_bytes", "query_sha256", "hash")]
+    old = [f for f in FIELD_ORDER if f not in (*NEW_FIELDS, "query_bytes", "query_sha256", "hash")]
     body = {k: record[k] for k in old if k != "row_filter" or record[k] is not None}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
                           ).hexdigest()
@@ -334,11 +334,11 @@ def test_records_from_before_the_upgrade_keep_verifying(tmp_path: Path, sqlite_s
         engine = make_store_engine(store_url)
         try:
             await create_tables(engine)
-            trail = audit.AuditTrail(engine)
+            trail = AuditTrail(engine)
             await trail.start()
             for i in range(5):
-                await trail.record(audit.AuditRecord(
-                    time=audit.now(), request_id=f"old-{i}", action="read", decision="allow", status=200,
+                await trail.record(AuditRecord(
+                    time=now(), request_id=f"old-{i}", action="read", decision="allow", status=200,
                     agent="support-bot", dataset="customers", query='{"limit": 1}', rows=1, transport="http"))
             await trail.close()
             async with engine.begin() as conn:

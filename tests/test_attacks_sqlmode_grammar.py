@@ -1,4 +1,4 @@
-"""SQL mode's grammar is an allow-list of sqlglot expression classes (gateway/sqlmode/statement.py ALLOWED_NODES).
+"""SQL mode's grammar is an allow-list of sqlglot expression classes (gateway/sqlmode/parsing.py ALLOWED_NODES).
 
 Every allowed class has an example here that answers 200 on each dialect that has the syntax (and the example
 is checked to really contain that class), and every class allowed is covered: a class added to the list without
@@ -16,7 +16,7 @@ import pytest
 import sqlglot
 from starlette.testclient import TestClient
 
-from gateway.sqlmode import statement as sqlmode
+from gateway import sqlmode
 from tests.conftest import bearer, client_for, write_workspace
 
 pytestmark = pytest.mark.integration

@@ -132,7 +132,7 @@ def _regenerated(dialect: str, statement: str) -> str:
     """The SQL the gateway sends for `statement` read by an agent filtered to country 'DE' (the marker of the
     filter's value written as a literal, as EXPLAIN takes no parameters)."""
     from connectors.base import Filter
-    from gateway.sqlmode import statement as sqlmode
+    from gateway import sqlmode
     tree = sqlmode.parse(statement, dialect)
     refs = sqlmode.dataset_references(tree)
     source = sqlmode.Source("customers", "customers", ["id", "name", "country", "active"], frozenset(), 25,

@@ -35,12 +35,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway.audit import trail as audit
+from gateway.audit import SETTLE_SECONDS, AuditRecord, AuditTrail, iter_records, verify
 from gateway.common.errors import ConfigError, Unavailable
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.services import usage
-from gateway.store.database import audit as audit_table
-from gateway.store.database import make_store_engine
+from gateway.store import audit as audit_table
+from gateway.store import make_store_engine
 from tests.conftest import PgCluster, bearer, opened_store, write_workspace
 from tests.faults import FreezableProxy, through
 from tests.serving import env, free_port, serving, stop
@@ -97,22 +97,22 @@ def timed_reads(base: str, n: int) -> list[tuple[httpx.Response, float]]:
         return list(pool.map(one, range(n)))
 
 
-def store_records(url: str) -> list[audit.AuditRecord]:
-    async def run() -> list[audit.AuditRecord]:
+def store_records(url: str) -> list[AuditRecord]:
+    async def run() -> list[AuditRecord]:
         engine = make_store_engine(url)
         try:
-            assert (await audit.verify(engine)).ok, "the audit chain does not verify"
-            return [r async for r in audit.iter_records(engine)]
+            assert (await verify(engine)).ok, "the audit chain does not verify"
+            return [r async for r in iter_records(engine)]
         finally:
             await engine.dispose()
 
     return asyncio.run(run())
 
 
-def assert_trail_tells_the_truth(records: list[audit.AuditRecord], served: set[str], refused: set[str]) -> None:
+def assert_trail_tells_the_truth(records: list[AuditRecord], served: set[str], refused: set[str]) -> None:
     """Every read answered 200 has exactly one record, of a 200; no record of a read answered 503 stands as
     anything else (unless a correction of it follows); no record is written twice."""
-    by_request: dict[str, list[audit.AuditRecord]] = {}
+    by_request: dict[str, list[AuditRecord]] = {}
     for rec in records:
         by_request.setdefault(rec.request_id, []).append(rec)
     for rid in served:
@@ -296,8 +296,8 @@ def test_a_held_sqlite_write_lock_answers_503_within_the_write_timeout(tmp_path:
 # --- records whose write was given up -------------------------------------------------------------
 
 
-def _record(request_id: str) -> audit.AuditRecord:
-    return audit.AuditRecord(time=dt.datetime.now(dt.UTC), request_id=request_id, action="read", decision="allow",
+def _record(request_id: str) -> AuditRecord:
+    return AuditRecord(time=dt.datetime.now(dt.UTC), request_id=request_id, action="read", decision="allow",
                              status=200, agent="support-bot", dataset="customers", rows=2)
 
 
@@ -307,7 +307,7 @@ async def test_a_statement_delivered_after_its_deadline_stores_nothing(pg_store:
     async with opened_store(pg_store) as direct:
         with FreezableProxy("127.0.0.1", 5432) as proxy:
             engine = make_store_engine(through(pg_store, proxy), wait_seconds=WRITE_TIMEOUT)
-            trail = audit.AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
+            trail = AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
             await trail.start()
             try:
                 await trail.record(_record("before"))
@@ -317,14 +317,14 @@ async def test_a_statement_delivered_after_its_deadline_stores_nothing(pg_store:
                     await trail.record(_record("frozen"))
                 assert time.monotonic() - began < WRITE_TIMEOUT + SLACK
                 proxy.thaw()  # the statement held meanwhile reaches the store now
-                await asyncio.sleep(audit.SETTLE_SECONDS + 0.5)
+                await asyncio.sleep(SETTLE_SECONDS + 0.5)
                 await trail.record(_record("after"))
             finally:
                 await trail.close()
                 await engine.dispose()
-        stored = [r async for r in audit.iter_records(direct)]
+        stored = [r async for r in iter_records(direct)]
         assert [r.request_id for r in stored] == ["before", "after"]
-        assert (await audit.verify(direct)).ok
+        assert (await verify(direct)).ok
 
 
 @pytest.mark.integration
@@ -334,7 +334,7 @@ async def test_a_record_stored_after_its_request_was_answered_503_is_corrected(p
     correction: the trail says the request was answered 503 and served nothing."""
     async with opened_store(pg_store) as direct:
         engine = make_store_engine(pg_store, wait_seconds=WRITE_TIMEOUT)
-        trail = audit.AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
+        trail = AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
         await trail.start()
         try:
             await trail.record(_record("before"))
@@ -349,13 +349,13 @@ async def test_a_record_stored_after_its_request_was_answered_503_is_corrected(p
                     assert time.monotonic() - began < WRITE_TIMEOUT + SLACK
             finally:
                 await locker.close()
-            await asyncio.sleep(audit.SETTLE_SECONDS + 0.5)
+            await asyncio.sleep(SETTLE_SECONDS + 0.5)
             await trail.record(_record("after"))
         finally:
             await trail.close()
             await engine.dispose()
-        stored = [r async for r in audit.iter_records(direct)]
-        assert (await audit.verify(direct)).ok
+        stored = [r async for r in iter_records(direct)]
+        assert (await verify(direct)).ok
     # Only the first stalled record was sent (the others queued behind it, and were never written).
     assert [(r.request_id, r.status) for r in stored] == [
         ("before", 200), ("stalled-0", 200), ("stalled-0", 503), ("after", 200)]
@@ -380,7 +380,7 @@ async def test_a_record_never_sent_is_never_written(tmp_path: Path) -> None:
     async with opened_store(url):
         pass
     engine = make_store_engine(url, wait_seconds=WRITE_TIMEOUT)
-    trail = audit.AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
+    trail = AuditTrail(engine, write_timeout=WRITE_TIMEOUT)
     await trail.start()
     holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     try:

@@ -22,16 +22,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from gateway.audit import trail as audit
-from gateway.store.database import anchor as anchor_table
-from gateway.store.database import audit as audit_table
+from gateway.audit import AuditRecord, AuditTrail
+from gateway.common.clock import now
+from gateway.store import anchor as anchor_table
+from gateway.store import audit as audit_table
 from tests.conftest import bearer, client_for, opened_store, token, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 
 pytestmark = pytest.mark.system
 
 KEY = "checkpoint-key-" + "k" * 32
-NOW = audit.now()
+NOW = now()
 # Five old records (a year and more), three recent ones (this week): a prune before 90 days ago takes five.
 AGES_DAYS = (500, 400, 300, 200, 100, 3, 2, 1)
 OLD = sum(age > 90 for age in AGES_DAYS)
@@ -49,11 +50,11 @@ def workspace(root: Path, source: str, store: str, extra: str = "") -> Path:
 
 async def _fill(url: str) -> None:
     async with opened_store(url) as engine:
-        trail = audit.AuditTrail(engine)
+        trail = AuditTrail(engine)
         await trail.start()
         try:
             for i, age in enumerate(AGES_DAYS):
-                await trail.record(audit.AuditRecord(
+                await trail.record(AuditRecord(
                     time=NOW - dt.timedelta(days=age), request_id=f"old-{i}", action="read", decision="allow",
                     status=200, agent="support-bot", dataset="customers", rows=1))
         finally:
@@ -269,7 +270,7 @@ def test_a_prune_by_hand_in_the_store_is_not_attributed(tmp_path: Path, sqlite_s
             last = (await conn.execute(select(audit_table.c.hash).where(audit_table.c.id == 3))).scalar_one()
             await conn.execute(delete(audit_table).where(audit_table.c.id <= 3))
             await conn.execute(insert(anchor_table).values(id=1, first_id=4, prev_hash=last, pruned=3,
-                                                           before=NOW - dt.timedelta(days=250), time=audit.now(),
+                                                           before=NOW - dt.timedelta(days=250), time=now(),
                                                            record_id=record_id))
 
     asyncio.run(cut(None))

@@ -27,11 +27,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.testclient import TestClient
 
-from gateway.audit import integrity
-from gateway.audit import trail as audit
+from gateway.audit import AuditRecord, AuditTrail, integrity
+from gateway.common.clock import now, parse_time
 from gateway.common.errors import ConfigError
-from gateway.config.settings import load_settings
-from gateway.store.database import audit as audit_table
+from gateway.config import load_settings
+from gateway.store import audit as audit_table
 from tests.conftest import bearer, client_for, records, token, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -257,16 +257,16 @@ def test_a_prune_during_a_walk_is_no_break(gateway_for: Callable[[float], TestCl
     total = 30_000
 
     async def fill(engine: AsyncEngine) -> None:
-        trail = audit.AuditTrail(engine)
+        trail = AuditTrail(engine)
         await trail.start()
-        await asyncio.gather(*(trail.record(audit.AuditRecord(
+        await asyncio.gather(*(trail.record(AuditRecord(
             time=start + dt.timedelta(seconds=i), request_id=f"r{i}", action="read", decision="allow", status=200))
             for i in range(total)))
         await trail.close()
 
     async def prune(engine: AsyncEngine) -> dt.datetime:
         await integrity.prune(engine, start + dt.timedelta(seconds=total - 100), None)
-        return audit.now()
+        return now()
 
     client = gateway_for(0)
     in_store(store_url, fill)
@@ -280,7 +280,7 @@ def test_a_prune_during_a_walk_is_no_break(gateway_for: Callable[[float], TestCl
     pruned_at = in_store(store_url, prune)
     walk.join(30)
     checked = answer["checked"]
-    assert audit.parse_time(checked["started_at"]) < pruned_at  # the prune came while it walked
+    assert parse_time(checked["started_at"]) < pruned_at  # the prune came while it walked
     assert answer["ok"], answer
     assert checked["first_id"] == total - 99 and client.get("/readyz").json()["audit_chain"]["ok"] is True
 

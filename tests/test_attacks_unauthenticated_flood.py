@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.cli import main as cli
 from gateway.common.errors import ConfigError
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from tests.conftest import bearer, opened_store, token, write_workspace
 from tests.serving import serving
 
@@ -320,7 +320,7 @@ async def test_summaries_kept_through_a_store_outage_stay_bounded_and_lose_no_co
     over many intervals keeps at most as many as the client table holds (plus one OVERFLOW summary), and once
     the store is back every refusal is counted in what is written."""
     from gateway.common.errors import Unavailable
-    from gateway.config.settings import LimitSettings
+    from gateway.config import LimitSettings
     from gateway.services.ratelimit import OVERFLOW, RefusalLimiter
 
     now = [0.0]

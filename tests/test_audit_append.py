@@ -12,11 +12,19 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit import integrity
-from gateway.audit import trail as audit
+from gateway.audit import (
+    LATER_FIELDS,
+    AuditRecord,
+    AuditTrail,
+    canonical,
+    chain_hash,
+    get_record,
+    integrity,
+    verify,
+)
 from gateway.common.errors import Unavailable
-from gateway.store.database import audit as audit_table
-from gateway.store.database import make_store_engine
+from gateway.store import audit as audit_table
+from gateway.store import make_store_engine, pgchain
 from tests.conftest import bearer, client_for, opened_store, write_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -29,8 +37,8 @@ async def store(pg_store: str) -> AsyncIterator[AsyncEngine]:
         yield engine
 
 
-def record(i: int, who: str = "a") -> audit.AuditRecord:
-    return audit.AuditRecord(time=START + dt.timedelta(seconds=i), request_id=f"{who}-{i}", action="read",
+def record(i: int, who: str = "a") -> AuditRecord:
+    return AuditRecord(time=START + dt.timedelta(seconds=i), request_id=f"{who}-{i}", action="read",
                              decision="allow", status=200, agent=who, dataset="customers", duration_ms=1.5)
 
 
@@ -40,14 +48,14 @@ async def count(engine: AsyncEngine) -> int:
 
 
 async def test_the_optimistic_path_is_taken_and_the_chain_holds(store: AsyncEngine) -> None:
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         first = await trail.record(record(0))
         assert trail._pg is not None and trail._pg._tail == (first.id, first.hash)
         locked = trail._pg._append_locked
 
-        async def refuse(conn: object, records: list[audit.AuditRecord]) -> list[audit.AuditRecord]:
+        async def refuse(conn: object, records: list[AuditRecord]) -> list[AuditRecord]:
             raise AssertionError("the one-statement append should have served this group")
 
         trail._pg._append_locked = refuse  # type: ignore[method-assign]
@@ -57,12 +65,12 @@ async def test_the_optimistic_path_is_taken_and_the_chain_holds(store: AsyncEngi
     finally:
         await trail.close()
     assert sorted(r.id for r in got) == list(range(2, 201))
-    assert (await audit.verify(store)).count == 200
+    assert (await verify(store)).count == 200
 
 
 async def test_two_writers_interleaving_fall_back_and_form_one_chain(store: AsyncEngine) -> None:
     other = make_store_engine(store.url.render_as_string(hide_password=False))
-    a, b = audit.AuditTrail(store), audit.AuditTrail(other)
+    a, b = AuditTrail(store), AuditTrail(other)
     await a.start()
     await b.start()
     try:
@@ -77,14 +85,14 @@ async def test_two_writers_interleaving_fall_back_and_form_one_chain(store: Asyn
         await a.close()
         await b.close()
         await other.dispose()
-    result = await audit.verify(store)
+    result = await verify(store)
     assert result.ok and result.count == 260
 
 
 async def test_stored_rows_are_what_the_hashes_cover(store: AsyncEngine) -> None:
     """The one-statement append sends records as JSON: every field must land in its column exactly (times to the
     microsecond, floats bit for bit, text as it was), or verification would fail."""
-    odd = [audit.AuditRecord(time=dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC), request_id=f"r{i}",
+    odd = [AuditRecord(time=dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC), request_id=f"r{i}",
                              action="read", decision="allow", status=200, agent=agent, query=query,
                              duration_ms=duration, source_ms=source, rows=rows, bytes=2**40, row_filter=rf)
            for i, (agent, query, duration, source, rows, rf) in enumerate([
@@ -93,23 +101,23 @@ async def test_stored_rows_are_what_the_hashes_cover(store: AsyncEngine) -> None
                ("b", None, float("nan"), None, 7, None),  # not JSON: the locked transaction takes it
                ("c", "\x01\x1f", 0.0, -0.0, 2**31 - 1, ""),
            ])]
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         await trail.record(record(0))
         stored = [await trail.record(r) for r in odd]
     finally:
         await trail.close()
-    assert (await audit.verify(store)).ok
+    assert (await verify(store)).ok
     for rec in stored:
-        back = await audit.get_record(store, rec.id)
-        assert back is not None and audit.chain_hash(back) == rec.hash
+        back = await get_record(store, rec.id)
+        assert back is not None and chain_hash(back) == rec.hash
 
 
 async def test_after_a_cut_tail_the_chain_goes_on_from_what_is_there(store: AsyncEngine) -> None:
     """As before: the append links onto the tail in the store (a cut tail is for checkpoints to find), never onto
     a record that is no longer there."""
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         for i in range(5):
@@ -119,12 +127,12 @@ async def test_after_a_cut_tail_the_chain_goes_on_from_what_is_there(store: Asyn
         after = await trail.record(record(5))
     finally:
         await trail.close()
-    assert after.id == 5 and (await audit.verify(store)).ok
+    assert after.id == 5 and (await verify(store)).ok
     assert await count(store) == 5
 
 
 async def test_chaining_after_a_prune_of_everything(store: AsyncEngine) -> None:
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         for i in range(3):
@@ -140,7 +148,7 @@ async def test_chaining_after_a_prune_of_everything(store: AsyncEngine) -> None:
 
 
 async def test_a_lost_connection_recovers(store: AsyncEngine) -> None:
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         await trail.record(record(0))
@@ -149,14 +157,14 @@ async def test_a_lost_connection_recovers(store: AsyncEngine) -> None:
         again = await trail.record(record(1))
     finally:
         await trail.close()
-    assert again.id == 2 and (await audit.verify(store)).ok
+    assert again.id == 2 and (await verify(store)).ok
 
 
 async def test_a_caller_cancelled_while_writing_its_own_record_leaves_the_trail_writing(store: AsyncEngine) -> None:
     """With nothing else pending, a caller writes its own record (no hand-off to the writer task). Cancelled
     mid-write (a shutdown, say), it must not leave the connection busy or the others waiting: whatever queued
     behind it is written, by the writer task, onto one valid chain."""
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         await trail.record(record(0))
@@ -173,53 +181,53 @@ async def test_a_caller_cancelled_while_writing_its_own_record_leaves_the_trail_
     finally:
         await trail.close()
     assert len({r.id for r in got}) == 10 and after.id == max(r.id for r in got) + 1
-    result = await audit.verify(store)
+    result = await verify(store)
     assert result.ok and result.count in (12, 13)  # the cancelled record may have been committed, or not
 
 
 async def test_a_record_the_store_refuses_fails_alone(store: AsyncEngine) -> None:
     """A record the store refuses (here a request id over its column's 64 characters) must not fail the whole
     group commit, answering 503 to every request that shared it."""
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
         await trail.record(record(0))
-        poisoned = audit.AuditRecord(time=START, request_id="x" * 65, action="read", decision="deny", status=400)
+        poisoned = AuditRecord(time=START, request_id="x" * 65, action="read", decision="deny", status=400)
         got = await asyncio.gather(*[trail.record(record(i)) for i in range(1, 6)], trail.record(poisoned),
                                    *[trail.record(record(i)) for i in range(6, 11)], return_exceptions=True)
     finally:
         await trail.close()
     refused = [g for g in got if isinstance(g, BaseException)]
     assert len(refused) == 1 and isinstance(refused[0], Unavailable)
-    assert (await audit.verify(store)).count == 11
+    assert (await verify(store)).count == 11
 
 
 async def test_a_nul_or_a_lone_surrogate_is_stored_as_a_replacement_character(store: AsyncEngine) -> None:
     """PostgreSQL's text cannot hold NUL, which a request body or a token's claim may carry: such a request is
     recorded (NUL as U+FFFD) and answered like any other, not refused for want of a record."""
-    trail = audit.AuditTrail(store)
+    trail = AuditTrail(store)
     await trail.start()
     try:
-        got = await trail.record(audit.AuditRecord(time=START, request_id="nul", action="read", decision="error",
+        got = await trail.record(AuditRecord(time=START, request_id="nul", action="read", decision="error",
                                                    status=400, agent="a\x00b\ud800", query='{"limit": 1}\x00'))
     finally:
         await trail.close()
     assert (got.agent, got.query) == ("a\ufffdb\ufffd", '{"limit": 1}\ufffd')
-    assert (await audit.verify(store)).ok
+    assert (await verify(store)).ok
 
 
 async def test_without_the_append_function_the_locked_path_serves(store: AsyncEngine,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A store role that may not create functions: every group takes the locked transaction, still one chain."""
-    monkeypatch.setattr(audit, "APPEND_FUNCTION_DDL", "CREATE FUNCTION refused(")  # fails like a missing grant
-    trail = audit.AuditTrail(store)
+    monkeypatch.setattr(pgchain, "APPEND_FUNCTION_DDL", "CREATE FUNCTION refused(")  # fails like a missing grant
+    trail = AuditTrail(store)
     await trail.start()
     try:
         got = await asyncio.gather(*(trail.record(record(i)) for i in range(20)))
         assert trail._pg is not None and not trail._pg._function
     finally:
         await trail.close()
-    assert sorted(r.id for r in got) == list(range(1, 21)) and (await audit.verify(store)).count == 20
+    assert sorted(r.id for r in got) == list(range(1, 21)) and (await verify(store)).count == 20
 
 
 def test_a_body_with_a_nul_is_answered_400_and_recorded(tmp_path: Path, sqlite_source: str, pg_store: str) -> None:
@@ -245,7 +253,7 @@ def test_canonical_bytes_are_jsons_whatever_the_content() -> None:
     floats = [0.0, -0.0, 1e-5, 1e-4, 0.1, 1.5, 123.456, 1e15, 1e16, 1e300, 5e-324, float("inf"), float("nan")]
     for i in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        rec = audit.AuditRecord(time=START + dt.timedelta(microseconds=rng.randint(0, 10**12)), request_id=f"r{i}",
+        rec = AuditRecord(time=START + dt.timedelta(microseconds=rng.randint(0, 10**12)), request_id=f"r{i}",
                                 action="read", decision="allow", status=200, agent=text, query=text[::-1],
                                 rows=rng.choice([None, 0, 2**63 - 1, 2**64, -5]), duration_ms=rng.choice(floats),
                                 source_ms=rng.choice([None, *floats]), row_filter=rng.choice([None, text]),
@@ -253,8 +261,8 @@ def test_canonical_bytes_are_jsons_whatever_the_content() -> None:
                                 user_agent=rng.choice([None, text[::-1]]), trace_id=rng.choice([None, "ab" * 16]))
         body = rec.to_dict()
         del body["hash"]
-        for name in audit.LATER_FIELDS:  # fields added later are left out while null
+        for name in LATER_FIELDS:  # fields added later are left out while null
             if body[name] is None:
                 del body[name]
         expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        assert audit.canonical(rec) == expected.encode("utf-8", "surrogatepass"), (text, rec)
+        assert canonical(rec) == expected.encode("utf-8", "surrogatepass"), (text, rec)

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth.tokens import Agent, Authenticator
+from gateway.auth import Agent, Authenticator
 from gateway.common.errors import ConfigError, Unauthenticated
-from gateway.config.settings import AuthSettings, Secret
+from gateway.config import AuthSettings, Secret
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from gateway.common.errors import ConfigError
-from gateway.config.settings import load_settings
-from gateway.policy import limits
-from gateway.policy.loader import load_policy
+from gateway.config import load_settings
+from gateway.policy import limits, load_policy
 from gateway.services import meter as budgets
 from tests.conftest import bearer, client_for, write_workspace
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.common.errors import ConfigError
-from gateway.config.settings import SourceSettings, find_config, load_settings
-from gateway.policy.catalog import load_catalog
+from gateway.config import SourceSettings, find_config, load_settings
+from gateway.policy import load_catalog
 
 pytestmark = pytest.mark.unit
 

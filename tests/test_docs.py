@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import _parser
+from gateway.cli.parser import build_parser as _parser
 from gateway.common import errors
-from gateway.config.settings import CONFIG_KEYS
-from gateway.policy.catalog import DATASET_KEYS
+from gateway.config import CONFIG_KEYS
+from gateway.policy import DATASET_KEYS
 
 pytestmark = pytest.mark.unit
 

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from gateway.audit import integrity
-from gateway.store.database import make_store_engine
+from gateway.store import make_store_engine
 from tests.conftest import (
     DATASETS,
     IN_CI,

@@ -15,12 +15,11 @@ import pytest
 from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit import integrity
-from gateway.audit import trail as audit
-from gateway.store.database import anchor as anchor_table
-from gateway.store.database import audit as audit_table
-from gateway.store.database import checkpoints as checkpoint_table
-from gateway.store.database import create_tables, make_store_engine
+from gateway.audit import AuditRecord, AuditTrail, chain_hash, integrity, verify
+from gateway.store import anchor as anchor_table
+from gateway.store import audit as audit_table
+from gateway.store import checkpoints as checkpoint_table
+from gateway.store import create_tables, make_store_engine
 from tests.conftest import opened_store, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -35,14 +34,14 @@ async def store(store_url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
 
 
-async def fill(engine: AsyncEngine, n: int, day: int = 0) -> list[audit.AuditRecord]:
-    trail = audit.AuditTrail(engine)
+async def fill(engine: AsyncEngine, n: int, day: int = 0) -> list[AuditRecord]:
+    trail = AuditTrail(engine)
     await trail.start()
     try:
         out = []
         for i in range(n):
             moment = START + dt.timedelta(days=day, minutes=i)
-            out.append(await trail.record(audit.AuditRecord(
+            out.append(await trail.record(AuditRecord(
                 time=moment, request_id=f"r{day}-{i}", action="read", decision="allow", status=200,
                 agent=f"agent-{i % 3}", dataset="customers", rows=i, query='{"limit": 5}')))
         return out
@@ -57,14 +56,14 @@ async def run(engine: AsyncEngine, stmt: object) -> None:
 
 async def test_the_chain_finds_edits_deletions_insertions_and_reordering(store: AsyncEngine) -> None:
     await fill(store, 10)
-    assert (await audit.verify(store)).count == 10
+    assert (await verify(store)).count == 10
     await run(store, update(audit_table).where(audit_table.c.id == 4).values(rows=999))
-    bad = await audit.verify(store)
+    bad = await verify(store)
     assert not bad.ok and bad.bad_id == 4 and "edited" in (bad.problem or "")
     await run(store, update(audit_table).where(audit_table.c.id == 4).values(rows=3))
-    assert (await audit.verify(store)).ok
+    assert (await verify(store)).ok
     await run(store, delete(audit_table).where(audit_table.c.id == 7))
-    bad = await audit.verify(store)
+    bad = await verify(store)
     assert not bad.ok and bad.bad_id == 8 and "missing" in (bad.problem or "")
 
 
@@ -76,16 +75,16 @@ async def test_reordering_and_insertion_are_found(store: AsyncEngine) -> None:
                                                                            hash=b.hash, prev_hash=b.prev_hash))
     await run(store, update(audit_table).where(audit_table.c.id == 3).values(request_id=a.request_id, rows=a.rows,
                                                                            hash=a.hash, prev_hash=a.prev_hash))
-    bad = await audit.verify(store)
+    bad = await verify(store)
     assert not bad.ok and bad.bad_id == 2
 
 
 async def test_a_forged_record_with_a_recomputed_hash_breaks_the_next_link(store: AsyncEngine) -> None:
     records = await fill(store, 5)
-    forged = audit.AuditRecord(**{**records[2].to_dict(), "time": records[2].time, "rows": 0})
-    forged = audit.AuditRecord(**{**forged.to_dict(), "time": forged.time, "hash": audit.chain_hash(forged)})
+    forged = AuditRecord(**{**records[2].to_dict(), "time": records[2].time, "rows": 0})
+    forged = AuditRecord(**{**forged.to_dict(), "time": forged.time, "hash": chain_hash(forged)})
     await run(store, update(audit_table).where(audit_table.c.id == 3).values(rows=0, hash=forged.hash))
-    bad = await audit.verify(store)
+    bad = await verify(store)
     assert not bad.ok and bad.bad_id == 4 and "prev_hash" in (bad.problem or "")
 
 
@@ -95,7 +94,7 @@ async def test_checkpoints_find_a_cut_tail(store: AsyncEngine) -> None:
     assert cp is not None and cp.record_id == 8 and cp.valid(KEY)
     assert (await integrity.verify_all(store, KEY)).ok
     await run(store, delete(audit_table).where(audit_table.c.id >= 6))
-    assert (await audit.verify(store)).ok  # the chain alone cannot tell a shorter trail from a cut one
+    assert (await verify(store)).ok  # the chain alone cannot tell a shorter trail from a cut one
     report = await integrity.verify_all(store, KEY)
     assert not report.ok and report.bad_id == 8 and "cut" in (report.problem or "")
     # An attacker who also deletes the stored checkpoints is still caught by a copy kept elsewhere.
@@ -140,7 +139,7 @@ async def test_nothing_to_prune(store: AsyncEngine) -> None:
     assert await integrity.prune(store, START, KEY) == (0, None)
     await fill(store, 3, day=3)
     pruned, anchor = await integrity.prune(store, START, KEY)
-    assert pruned == 0 and anchor is None and (await audit.verify(store)).count == 3
+    assert pruned == 0 and anchor is None and (await verify(store)).count == 3
 
 
 async def test_replicas_writing_at_once_form_one_chain(store: AsyncEngine) -> None:
@@ -149,7 +148,7 @@ async def test_replicas_writing_at_once_form_one_chain(store: AsyncEngine) -> No
         await asyncio.gather(*(fill(e, 40, day=d) for d, e in enumerate([store, other, store, other])))
     finally:
         await other.dispose()
-    result = await audit.verify(store)
+    result = await verify(store)
     assert result.ok and result.count == 160
 
 

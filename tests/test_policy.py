@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 
 from gateway.common.errors import ConfigError
-from gateway.config.settings import SourceSettings
-from gateway.policy.decisions import CasbinEngine, IndexedEngine, Rule, build_enforcer
-from gateway.policy.loader import SHIPPED_MODEL, failing_cases, lint, load_policy
+from gateway.config import SourceSettings
+from gateway.policy import (
+    SHIPPED_MODEL,
+    CasbinEngine,
+    IndexedEngine,
+    Rule,
+    build_enforcer,
+    failing_cases,
+    lint,
+    load_policy,
+)
 
 pytestmark = pytest.mark.unit
 

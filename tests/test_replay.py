@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import trail as audit
-from gateway.config.settings import load_settings
-from gateway.store.database import create_tables, make_store_engine
+from gateway.audit import AuditRecord, record_once
+from gateway.common.clock import now
+from gateway.config import load_settings
+from gateway.store import create_tables, make_store_engine
 from tests.conftest import POLICY, bearer, client_for, write_workspace
 from tests.test_cli import agentgate_many, one_line_reason, output
 
@@ -64,8 +65,8 @@ def trail(tmp_path_factory: pytest.TempPathFactory, sqlite_source: str) -> Trail
         engine = make_store_engine(load_settings(cfg).store.url)
         try:
             await create_tables(engine)
-            await audit.record_once(engine, audit.AuditRecord(
-                time=audit.now() - dt.timedelta(days=10), request_id=uuid.uuid4().hex, action="read",
+            await record_once(engine, AuditRecord(
+                time=now() - dt.timedelta(days=10), request_id=uuid.uuid4().hex, action="read",
                 decision="allow", status=200, agent="analyst-bot", dataset="orders", rows=1))
         finally:
             await engine.dispose()

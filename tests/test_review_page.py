@@ -21,7 +21,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.audit.trail import FIELD_ORDER
+from gateway.audit import FIELD_ORDER
 from gateway.transports.review import chart
 from gateway.transports.review.routes import COOKIE
 from tests.conftest import IN_CI, bearer, client_for, token, write_workspace

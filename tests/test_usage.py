@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import trail as audit
+from gateway.audit import AuditRecord, record_once
+from gateway.common.clock import now
 from gateway.common.errors import ConfigError
-from gateway.config.settings import load_settings
-from gateway.store.database import create_tables, make_store_engine
+from gateway.config import load_settings
+from gateway.store import create_tables, make_store_engine
 from tests.conftest import bearer, client_for, write_workspace
 from tests.test_cli import agentgate, agentgate_many, one_line_reason, output
 
@@ -48,8 +49,8 @@ def _traffic(cfg: Path) -> None:
         engine = make_store_engine(load_settings(cfg).store.url)
         try:
             await create_tables(engine)
-            await audit.record_once(engine, audit.AuditRecord(
-                time=audit.now(), request_id=uuid.uuid4().hex, action="read", decision="allow", status=200,
+            await record_once(engine, AuditRecord(
+                time=now(), request_id=uuid.uuid4().hex, action="read", decision="allow", status=200,
                 agent="analyst-bot", dataset="customers,orders", work_unit="T-3", rows=2, bytes=100,
                 source_ms=1000.0, transport="http"))
         finally:

@@ -34,9 +34,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.audit import integrity
-from gateway.audit import trail as audit
+from gateway.common.clock import format_time, now
 from gateway.common.metrics import ChainGauges
-from gateway.store.database import make_store_engine
+from gateway.store import make_store_engine
 
 log = logging.getLogger("agentgate.audit")
 
@@ -70,7 +70,7 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "trigger": self.trigger, "ok": self.ok,
-                "started_at": audit.format_time(self.started_at), "finished_at": audit.format_time(self.finished_at),
+                "started_at": format_time(self.started_at), "finished_at": format_time(self.finished_at),
                 "seconds": round(self.seconds, 3), "first_id": self.first_id, "last_id": self.last_id,
                 "records": self.records, "count": self.count, "checkpoints": self.checkpoints,
                 "bad_id": self.bad_id, "problem": self.problem}
@@ -135,15 +135,15 @@ class ChainWatch:
 
     async def _walk(self, kind: str, trigger: str) -> Check:
         resume = self._resume if kind == "incremental" else None
-        started = audit.now()
+        started = now()
         loop = asyncio.get_running_loop()
         try:
             report, anchor_first = await loop.run_in_executor(self._threads, _walk_in_thread, self._url,
                                                               self._key, resume, self._stop)
         except Exception as exc:
-            self.error = (audit.now(), f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.error = (now(), f"{type(exc).__name__}: {str(exc)[:200]}")
             raise
-        done = _check(report, resume, anchor_first, trigger, started, audit.now())
+        done = _check(report, resume, anchor_first, trigger, started, now())
         self.error = None
         self._remember(done, report)
         return done
@@ -166,14 +166,14 @@ class ChainWatch:
                 # Once per break found (not at every later check finding the same one): /readyz, /metrics
                 # and the page keep saying it.
                 log.error("audit chain broken at record %s: %s (found by a %s check of %s)", done.bad_id,
-                          done.problem, done.kind, audit.format_time(done.finished_at))
+                          done.problem, done.kind, format_time(done.finished_at))
             elif was is None or not was.ok:
                 log.info("audit chain intact: %d records (full check, %.1f s)", done.count, done.seconds)
 
     async def _schedule(self) -> None:
         delay = 0.0  # the first check at start; then every `every` seconds (±10 %, so replicas spread out)
         while True:
-            self.next_at = audit.now() + dt.timedelta(seconds=delay)
+            self.next_at = now() + dt.timedelta(seconds=delay)
             await asyncio.sleep(delay)
             try:
                 await self.check(incremental=False, trigger="schedule")
@@ -186,13 +186,13 @@ class ChainWatch:
         return {"last": self.last.to_dict() if self.last else None,
                 "last_full": self.last_full.to_dict() if self.last_full else None,
                 "every_seconds": self.every or None, "running": self.running,
-                "next_at": audit.format_time(self.next_at) if self.next_at and self.every else None,
-                "error": {"at": audit.format_time(self.error[0]), "reason": self.error[1]} if self.error else None}
+                "next_at": format_time(self.next_at) if self.next_at and self.every else None,
+                "error": {"at": format_time(self.error[0]), "reason": self.error[1]} if self.error else None}
 
     def summary(self) -> dict[str, Any]:
         """The last verdict in brief (/readyz): ok is null until a check has ended."""
         last = self.last
-        return {"ok": last.ok if last else None, "checked_at": audit.format_time(last.finished_at) if last else None,
+        return {"ok": last.ok if last else None, "checked_at": format_time(last.finished_at) if last else None,
                 "kind": last.kind if last else None, "records": last.count if last else None,
                 "bad_id": last.bad_id if last else None, "problem": last.problem if last else None,
                 "every_seconds": self.every or None, "running": self.running,

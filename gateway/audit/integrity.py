@@ -22,14 +22,18 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit import trail as audit
-from gateway.store.database import anchor as anchor_table
-from gateway.store.database import audit as audit_table
-from gateway.store.database import checkpoints as checkpoint_table
-from gateway.store.database import reading
+from gateway.audit.chain import GENESIS, Verification, verify
+from gateway.audit.reading import get_record
+from gateway.audit.record import AuditRecord
+from gateway.audit.writer import append_locked
+from gateway.common.clock import format_time, now, parse_time
+from gateway.store import CHAIN_LOCK, backend_for, reading
+from gateway.store import anchor as anchor_table
+from gateway.store import audit as audit_table
+from gateway.store import checkpoints as checkpoint_table
 
 log = logging.getLogger("agentgate.audit")
 PREFIX = "agentgate-checkpoint"
@@ -73,9 +77,9 @@ async def take_checkpoint(engine: AsyncEngine, key: str) -> Checkpoint | None:
                                    .order_by(audit_table.c.id.desc()).limit(1))).first()
         if tail is None:
             return None
-        moment = audit.format_time(audit.now())
+        moment = format_time(now())
         cp = Checkpoint(int(tail.id), tail.hash, moment, sign(key, tail.id, tail.hash, moment))
-        await conn.execute(insert(checkpoint_table).values(time=audit.parse_time(moment), record_id=cp.record_id,
+        await conn.execute(insert(checkpoint_table).values(time=parse_time(moment), record_id=cp.record_id,
                                                            record_hash=cp.record_hash, signature=cp.signature))
     return cp
 
@@ -83,7 +87,7 @@ async def take_checkpoint(engine: AsyncEngine, key: str) -> Checkpoint | None:
 async def stored_checkpoints(engine: AsyncEngine) -> list[Checkpoint]:
     async with reading(engine).connect() as conn:
         rows = (await conn.execute(select(checkpoint_table).order_by(checkpoint_table.c.id))).fetchall()
-    return [Checkpoint(int(r.record_id), r.record_hash, audit.format_time(r.time), r.signature) for r in rows]
+    return [Checkpoint(int(r.record_id), r.record_hash, format_time(r.time), r.signature) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -126,16 +130,15 @@ async def prunable(engine: AsyncEngine, before: dt.datetime) -> int:
 
 
 async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None,
-                record: audit.AuditRecord | None = None) -> tuple[int, Anchor | None]:
+                record: AuditRecord | None = None) -> tuple[int, Anchor | None]:
     """Delete the records older than `before` (a prefix of the chain) and move the anchor after them. With
     `record` (who prunes: time, request id, agent, transport), the prune's own audit record is appended in the
     same transaction, so no prune happens without its record: `rows` the records deleted, `query` the
     cut-off and the new anchor, `reason` a sentence."""
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text(f"SELECT pg_advisory_xact_lock({audit.CHAIN_LOCK})"))
+        await backend_for(conn).lock(conn, CHAIN_LOCK)  # SQLite: BEGIN IMMEDIATE holds it already
         c = audit_table.c
-        moment = audit.format_time(before)
+        moment = format_time(before)
         old = await _anchor(conn)
         cut = await _first_kept(conn, before)
         last_pruned = None
@@ -145,7 +148,7 @@ async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None,
             if record is not None:  # nothing older than `before`: the attempt is recorded all the same
                 tail = (cut[1].id, cut[1].hash) if cut is not None else (
                     (old.first_id - 1, old.prev_hash) if old is not None else None)
-                await audit.append_locked(conn, [replace(
+                await append_locked(conn, [replace(
                     record, rows=0, query=json.dumps({"before": moment, "pruned": 0}),
                     reason=f"nothing to prune before {moment}")], tail)
             return 0, old
@@ -160,12 +163,12 @@ async def prune(engine: AsyncEngine, before: dt.datetime, key: str | None,
                      "total_pruned": total}
             # The chain's tail after the cut: the old tail, or, when every record went, the anchor's.
             link = (tail.id, tail.hash) if tail.id >= first_kept else (first_kept - 1, last_pruned)
-            [written] = await audit.append_locked(conn, [replace(
+            [written] = await append_locked(conn, [replace(
                 record, rows=pruned, query=json.dumps(facts),
                 reason=f"pruned {pruned} records before {moment}; the trail now starts at record {first_kept}")],
                 link)
             record_id = written.id
-        values = dict(first_id=first_kept, prev_hash=last_pruned, pruned=total, before=before, time=audit.now(),
+        values = dict(first_id=first_kept, prev_hash=last_pruned, pruned=total, before=before, time=now(),
                       signature=signature, record_id=record_id)
         if old is None:
             await conn.execute(insert(anchor_table).values(id=1, **values))
@@ -215,22 +218,22 @@ async def last_prune(engine: AsyncEngine) -> PruneFacts | None:
             row.first_id)
     except (ValueError, AttributeError):
         ok = False
-    return PruneFacts(at=audit.format_time(_utc(row.time)), by=rec.agent if ok and rec is not None else None,
+    return PruneFacts(at=format_time(_utc(row.time)), by=rec.agent if ok and rec is not None else None,
                       pruned=int(rec.rows) if ok and rec is not None and rec.rows is not None else None,
-                      total=int(row.pruned), before=audit.format_time(_utc(row.before)), first_id=int(row.first_id),
+                      total=int(row.pruned), before=format_time(_utc(row.before)), first_id=int(row.first_id),
                       prev_hash=row.prev_hash, record_id=int(row.record_id) if ok else None,
                       signed=row.signature is not None)
 
 
 def _utc(moment: Any) -> dt.datetime:
-    return audit.parse_time(moment) if isinstance(moment, str) else moment
+    return parse_time(moment) if isinstance(moment, str) else moment
 
 
 async def _anchor(conn: AsyncConnection) -> Anchor | None:
     row = (await conn.execute(select(anchor_table).where(anchor_table.c.id == 1))).first()
     if row is None:
         return None
-    return Anchor(int(row.first_id), row.prev_hash, int(row.pruned), audit.format_time(row.before), row.signature,
+    return Anchor(int(row.first_id), row.prev_hash, int(row.pruned), format_time(row.before), row.signature,
                   row.record_id)
 
 
@@ -265,19 +268,19 @@ async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkp
     anchor = await load_anchor(engine)
     if anchor is not None and key is not None and not anchor.valid(key):
         return Report(False, 0, 0, anchor.first_id, "the prune anchor's signature does not match (it was altered)")
-    start = (anchor.first_id, anchor.prev_hash) if anchor else (1, audit.GENESIS)
+    start = (anchor.first_id, anchor.prev_hash) if anchor else (1, GENESIS)
     incremental = False
     if resume is not None and resume.start == start and resume.through is not None:
-        boundary = await audit.get_record(engine, resume.through[0])
+        boundary = await get_record(engine, resume.through[0])
         incremental = boundary is not None and boundary.hash == resume.through[1]
     if incremental and resume is not None and resume.through is not None:
-        tail = await audit.verify(engine, (resume.through[0] + 1, resume.through[1]), resume=True)
-        chain = audit.Verification(tail.ok, resume.count + tail.count, tail.bad_id, tail.problem,
+        tail = await verify(engine, (resume.through[0] + 1, resume.through[1]), resume=True)
+        chain = Verification(tail.ok, resume.count + tail.count, tail.bad_id, tail.problem,
                                    tail.last or resume.through)
         full_at = resume.full_at
     else:
-        chain = await audit.verify(engine, start)
-        full_at = audit.now()
+        chain = await verify(engine, start)
+        full_at = now()
     if not chain.ok:
         return Report(False, chain.count, 0, chain.bad_id, chain.problem, incremental=incremental)
     checked = 0
@@ -287,7 +290,7 @@ async def verify_all(engine: AsyncEngine, key: str | None, external: list[Checkp
                           f"checkpoint of record {cp.record_id} has a bad signature (forged or altered)")
         if cp.record_id < start[0]:
             continue  # pruned on purpose, behind the anchor
-        record = await audit.get_record(engine, cp.record_id)
+        record = await get_record(engine, cp.record_id)
         if record is None:
             return Report(False, chain.count, checked, cp.record_id,
                           f"record {cp.record_id}, signed in a checkpoint at {cp.time}, is missing: "

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.policy.loader import Policy
-from gateway.store.database import audit as audit_table
-from gateway.store.database import reading
+from gateway.policy import Policy
+from gateway.store import audit as audit_table
+from gateway.store import reading
 
 REPLAYED_ACTIONS = ("read", "describe")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from gateway.config.settings import AuthSettings
+from gateway.config import AuthSettings
 
 # The fallback of `[auth] secret` in the shipped agentgate.toml (a test keeps the two the same).
 DEMO_JWT_SECRET = "demo-only-secret-change-me-0123456789abcdef"

@@ -28,7 +28,7 @@ from jwt.types import Options
 
 from gateway.common import inputs
 from gateway.common.errors import ConfigError, Unauthenticated
-from gateway.config.settings import AuthSettings
+from gateway.config import AuthSettings
 
 log = logging.getLogger(__name__)
 

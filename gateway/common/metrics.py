@@ -27,7 +27,6 @@ SEVERAL = "(several)"  # a SQL-mode read of several datasets
 DECISIONS = frozenset({"allow", "deny", "pending", "error"})
 BUDGETS = ("requests_per_minute", "rows_per_day")
 SOURCE_FAILURES = ("unavailable", "timeout", "missing_table")
-REVOCATION_KINDS = ("agent", "token")
 # A gauge under --workers N: the most recent value any live worker set.
 _LAST_SET: Final[Literal["livemostrecent"]] = "livemostrecent"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.common.errors import ConfigError
-from gateway.config.settings import SourceSettings
+from gateway.config import SourceSettings
 from gateway.policy.rowfilters import FilterSyntaxError, RowFilter
 from gateway.policy.rowfilters import parse as parse_filter
 
@@ -79,21 +79,10 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
         if k not in DATASET_KEYS:
             raise ConfigError(path, f"{key}.{k}",
                               f"unknown key (expected one of: {', '.join(sorted(DATASET_KEYS))})")
-
-    def text(k: str, required: bool = False) -> str | None:
-        v = body.get(k)
-        if v is None:
-            if required:
-                raise ConfigError(path, f"{key}.{k}", "is required")
-            return None
-        if not isinstance(v, str) or (required and not v.strip()):
-            raise ConfigError(path, f"{key}.{k}", "must be a non-empty string")
-        return v
-
-    owner = text("owner")
+    owner = _text(path, key, body, "owner")
     if not owner or not owner.strip():
         raise ConfigError(path, f"{key}.owner", "is required: every dataset names an owner")
-    source_name = text("source", required=True)
+    source_name = _text(path, key, body, "source", required=True)
     assert source_name is not None
     source = sources.get(source_name)
     if source is None:
@@ -105,23 +94,50 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
     approval = body.get("approval", "none")
     if approval not in ("none", "required"):
         raise ConfigError(path, f"{key}.approval", 'must be "none" or "required"')
-    table, prefix = text("table"), text("path")
-    if source.kind == "sql":
+    table, prefix = _location(path, key, body, source_name, source.kind)
+    classes = _column_classes(path, key, body.get("columns", {}))
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(path, f"{key}.description", "must be a string")
+    return Dataset(name=name, source=source_name, owner=owner.strip(), description=description,
+                   max_rows=max_rows, approval=approval, table=table, path=prefix, column_classes=classes,
+                   row_filters=_row_filters(path, key, body.get("row_filters", {}), table is not None))
+
+
+def _text(path: Path, key: str, body: dict[str, Any], k: str, required: bool = False) -> str | None:
+    v = body.get(k)
+    if v is None:
+        if required:
+            raise ConfigError(path, f"{key}.{k}", "is required")
+        return None
+    if not isinstance(v, str) or (required and not v.strip()):
+        raise ConfigError(path, f"{key}.{k}", "must be a non-empty string")
+    return v
+
+
+def _location(path: Path, key: str, body: dict[str, Any], source_name: str,
+              kind: str) -> tuple[str | None, str | None]:
+    """Where the dataset lives on its source: (table, None) on a SQL source, (None, path prefix) on an HTTP one."""
+    table, prefix = _text(path, key, body, "table"), _text(path, key, body, "path")
+    if kind == "sql":
         if not table:
             raise ConfigError(path, f"{key}.table", f"is required for the SQL source {source_name!r}")
         if prefix is not None:
             raise ConfigError(path, f"{key}.path", "only datasets on HTTP sources take a path")
         if table.count(".") > 1 or not all(table.split(".")):
             raise ConfigError(path, f"{key}.table", "must be schema.table or table")
-    else:
-        if not prefix:
-            raise ConfigError(path, f"{key}.path", f"is required for the HTTP source {source_name!r}")
-        if table is not None:
-            raise ConfigError(path, f"{key}.table", "only datasets on SQL sources take a table")
-        if not prefix.startswith("/") or ".." in prefix.split("/") or "?" in prefix or "#" in prefix:
-            raise ConfigError(path, f"{key}.path", "must be an absolute path such as /tickets")
-        prefix = prefix.rstrip("/")
-    columns = body.get("columns", {})
+        return table, None
+    if not prefix:
+        raise ConfigError(path, f"{key}.path", f"is required for the HTTP source {source_name!r}")
+    if table is not None:
+        raise ConfigError(path, f"{key}.table", "only datasets on SQL sources take a table")
+    if not prefix.startswith("/") or ".." in prefix.split("/") or "?" in prefix or "#" in prefix:
+        raise ConfigError(path, f"{key}.path", "must be an absolute path such as /tickets")
+    return None, prefix.rstrip("/")
+
+
+def _column_classes(path: Path, key: str, columns: Any) -> dict[str, str]:
+    """[datasets.NAME.columns.COLUMN] class = "pii" -> column -> class."""
     if not isinstance(columns, dict):
         raise ConfigError(path, f"{key}.columns", "must be a table of [datasets.NAME.columns.COLUMN]")
     classes: dict[str, str] = {}
@@ -136,12 +152,7 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
         if not isinstance(cls, str) or not _CLASS.match(cls):
             raise ConfigError(path, f"{ckey}.class", "must be a class name such as pii")
         classes[col] = cls
-    description = body.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(path, f"{key}.description", "must be a string")
-    return Dataset(name=name, source=source_name, owner=owner.strip(), description=description,
-                   max_rows=max_rows, approval=approval, table=table, path=prefix, column_classes=classes,
-                   row_filters=_row_filters(path, key, body.get("row_filters", {}), table is not None))
+    return classes
 
 
 def _row_filters(path: Path, key: str, raw: Any, sql: bool) -> dict[str, RowFilter]:

@@ -1,10 +1,7 @@
-"""The policy directory -> one validated, immutable Policy snapshot.
+"""The policy directory -> one validated Policy snapshot (gateway/policy/snapshot.py).
 
-A Policy bundles the Casbin model and lines, the catalog and the policy tests,
-validated together: a snapshot either loads whole or not at all, so the
-gateway can swap snapshots atomically and keep the last good one. Routes never
-call Casbin: they ask ``Policy.decide`` and get a ``Decision`` with the line
-that decided, for the audit record.
+model.conf, policy.csv, datasets.toml, tests.toml and budgets.toml are read and checked together; any fault
+raises ``ConfigError`` naming the file, the line or key, and the fault.
 """
 
 from __future__ import annotations
@@ -14,17 +11,15 @@ import io
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gateway.common.errors import ConfigError
-from gateway.config.settings import SourceSettings
-from gateway.policy.catalog import Catalog, Dataset, load_catalog
-from gateway.policy.decisions import CasbinEngine, Decision, Engine, IndexedEngine, Rule, build_enforcer
-from gateway.policy.limits import NO_BUDGETS, Budgets, load_budgets
+from gateway.config import SourceSettings
+from gateway.policy.catalog import load_catalog
+from gateway.policy.decisions import CasbinEngine, Engine, IndexedEngine, Rule, build_enforcer
+from gateway.policy.limits import load_budgets
+from gateway.policy.snapshot import Policy, PolicyCase
 
-ADMIN_PREFIX = "admin:"
 POLICY_FILES = ("model.conf", "policy.csv", "datasets.toml", "tests.toml", "budgets.toml")
 
 SHIPPED_MODEL = """[request_definition]
@@ -42,74 +37,6 @@ e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
 [matchers]
 m = g(r.sub, p.sub) && keyMatch(r.obj, p.obj) && (r.act == p.act || p.act == "*")
 """
-
-
-@dataclass(frozen=True)
-class PolicyCase:
-    agent: str
-    dataset: str
-    action: str
-    expect: str  # "allow" or "deny"
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    case: PolicyCase
-    decision: Decision
-
-    @property
-    def passed(self) -> bool:
-        return self.decision.allowed == (self.case.expect == "allow")
-
-
-@dataclass(frozen=True)
-class Policy:
-    dir: Path
-    catalog: Catalog
-    rules: tuple[Rule, ...]
-    groupings: tuple[tuple[str, str], ...]
-    cases: tuple[PolicyCase, ...]
-    engine: Engine
-    indexed: bool
-    budgets: Budgets = NO_BUDGETS
-    # Names that are roles (see role_names): a token whose subject is one of them is refused.
-    roles: frozenset[str] = frozenset()
-    _roles: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
-    _parents: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
-
-    def roles_of(self, agent: str) -> frozenset[str]:
-        """Every role the agent holds through `g` lines, transitively (for row filters), cached per snapshot."""
-        hit = self._roles.get(agent)
-        if hit is None:
-            parents = self._parents
-            if not parents and self.groupings:  # once per snapshot
-                for member, role in self.groupings:
-                    parents.setdefault(member, []).append(role)
-            seen: set[str] = set()
-            frontier = [agent]
-            while frontier:
-                nxt = [r for m in frontier for r in parents.get(m, ()) if r not in seen and r != agent]
-                seen.update(nxt)
-                frontier = nxt
-            hit = self._roles[agent] = frozenset(seen)
-        return hit
-
-    async def decide(self, agent: str, obj: str, act: str) -> Decision:
-        return await self.engine.decide(agent, obj, act)
-
-    async def may_read(self, agent: str, dataset: Dataset) -> Decision:
-        return await self.engine.decide(agent, dataset.name, "read")
-
-    async def visible_classes(self, agent: str, dataset: Dataset) -> frozenset[str]:
-        """The column classes this agent holds read:<class> for on this dataset."""
-        out = set()
-        for cls in dataset.classes:
-            if (await self.engine.decide(agent, dataset.name, f"read:{cls}")).allowed:
-                out.add(cls)
-        return frozenset(out)
-
-    async def run_cases(self) -> list[CaseResult]:
-        return [CaseResult(c, await self.decide(c.agent, c.dataset, c.action)) for c in self.cases]
 
 
 def load_policy(policy_dir: Path, sources: Mapping[str, SourceSettings]) -> Policy:
@@ -146,110 +73,6 @@ def role_names(rules: Sequence[Rule], groupings: Sequence[tuple[str, str]]) -> f
     refused (otherwise whoever could get a token for that name would hold the role's rights), so an agent gets
     rights only through the roles its `g` lines give it."""
     return frozenset(r for _, r in groupings) | frozenset(rule.sub for rule in rules)
-
-
-async def failing_cases(policy: Policy) -> list[str]:
-    """One line per policy test that the snapshot fails; a snapshot with any is refused."""
-    return [f"{policy.dir / 'tests.toml'}: case {i + 1} ({r.case.agent} {r.case.action} {r.case.dataset}) "
-            f"expects {r.case.expect}, got {'allow' if r.decision.allowed else 'deny'} ({r.decision.reason})"
-            for i, r in enumerate(await policy.run_cases()) if not r.passed]
-
-
-def lint(policy: Policy) -> tuple[list[str], list[str]]:
-    """Faults (grants on no dataset) and warnings (idle roles, unreadable datasets) for `check`."""
-    faults: list[str] = []
-    warnings: list[str] = []
-    names = list(policy.catalog.datasets)
-    for rule in policy.rules:
-        if rule.obj.startswith(ADMIN_PREFIX):
-            continue
-        star = rule.obj.find("*")
-        hit = any(n == rule.obj for n in names) if star == -1 else any(n.startswith(rule.obj[:star]) for n in names)
-        if not hit:
-            faults.append(f"policy.csv: '{rule}' matches no dataset in datasets.toml")
-    members = {m for m, _ in policy.groupings}
-    roles = {r for _, r in policy.groupings}
-    # A role is held by an agent when some member of it is not itself a role (agents are never parents).
-    held: set[str] = set()
-    parents: dict[str, list[str]] = {}
-    for m, r in policy.groupings:
-        parents.setdefault(m, []).append(r)
-    for agent in members - roles:
-        stack = list(parents.get(agent, []))
-        while stack:
-            role = stack.pop()
-            if role not in held:
-                held.add(role)
-                stack.extend(parents.get(role, []))
-    for sub in sorted({r.sub for r in policy.rules}):
-        if sub in roles and sub not in held:
-            warnings.append(f"role {sub!r} is granted rules but no agent holds it")
-        elif sub not in roles and sub not in members:
-            warnings.append(f"role {sub!r} is granted rules but no agent holds it (no g line names it; a token "
-                            "whose subject is this name is refused: agents get rights through g lines only)")
-    faults.extend(_agents_named_as_roles(policy, members, roles))
-    for name in sorted(members & roles):
-        # Both sides of g lines: a role that holds roles (allowed), or an agent someone made a role (refused).
-        warnings.append(f"{name!r} holds roles (g, {name}, ...) and is held as a role (g, ..., {name}): a role "
-                        "of roles; a token whose subject is this name is refused")
-    grantees = {r.sub for r in policy.rules if r.eft == "allow" and r.act in ("read", "*")}
-    for ds in policy.catalog:
-        readable = False
-        for rule in policy.rules:
-            if rule.eft != "allow" or rule.act not in ("read", "*") or rule.sub not in grantees:
-                continue
-            star = rule.obj.find("*")
-            if (ds.name == rule.obj) if star == -1 else ds.name.startswith(rule.obj[:star]):
-                readable = True
-                break
-        if not readable:
-            warnings.append(f"dataset {ds.name!r} is readable by nobody")
-    return faults, warnings
-
-
-def _agents_named_as_roles(policy: Policy, members: set[str], held_roles: set[str]) -> list[str]:
-    """Faults: names the policy files use as an agent's that are roles (see role_names), whose tokens are
-    therefore refused: an agent granted rules directly, a policy test or a budget for a role."""
-    faults: list[str] = []
-    for name in sorted((members - held_roles) & policy.roles):
-        faults.append(f"policy.csv: agent {name!r} (g, {name}, ...) is also the subject of p lines, which makes "
-                      "it a role, and a token whose subject is a role is refused; grant those rules to a role "
-                      "it holds")
-    for i, case in enumerate(policy.cases, start=1):
-        if case.agent in policy.roles:
-            faults.append(f"tests.toml: case {i} names {case.agent!r} as its agent, but that is a role (a token "
-                          "whose subject is a role is refused); name an agent that holds it")
-    for name in sorted(policy.budgets.agents):
-        if name in policy.roles:
-            faults.append(f"budgets.toml: [agents.{name}] names a role, not an agent; budgets apply to agents")
-    return faults
-
-
-async def approval_conflicts(policy: Policy) -> list[str]:
-    """Warnings for `check`: a subject (an agent, or a role, through g lines) that may both read a dataset with
-    approval = "required" and decide approvals (admin:approvals write), so one person's rights could ask and
-    approve. The gateway refuses an agent deciding its own approval; two agents of one such role are not."""
-    guarded = [ds for ds in policy.catalog if ds.approval == "required"]
-    if not guarded:
-        return []
-    flagged: dict[str, list[str]] = {}
-    subjects = sorted(policy.roles | {m for m, _ in policy.groupings})
-    for sub in subjects:
-        if not (await policy.decide(sub, "admin:approvals", "write")).allowed:
-            continue
-        readable = [ds.name for ds in guarded if (await policy.may_read(sub, ds)).allowed]
-        if readable:
-            flagged[sub] = readable
-    out = []
-    for sub, names in flagged.items():
-        # An agent flagged only through a role already named adds nothing.
-        if sub not in policy.roles and any(flagged.get(r) == names for r in policy.roles_of(sub)):
-            continue
-        kind = "role" if sub in policy.roles else "agent"
-        out.append(f"{kind} {sub!r} may both read {', '.join(repr(n) for n in names)} (approval = \"required\") "
-                   "and decide approvals (admin:approvals write): the person approving should not hold the "
-                   "rights of the one asking")
-    return out
 
 
 def _read(path: Path) -> str:
@@ -345,11 +168,3 @@ def _load_cases(path: Path) -> list[PolicyCase]:
             raise ConfigError(path, f"{where}.expect", 'must be "allow" or "deny"')
         out.append(PolicyCase(case["agent"], case["dataset"], action, case["expect"]))
     return out
-
-
-class PolicyHolder:
-    """The policy in force. Empty until a valid policy loads: then every request is refused."""
-
-    def __init__(self, policy: Policy | None = None):
-        self.current = policy
-        self.refused: dict[str, Any] | None = None

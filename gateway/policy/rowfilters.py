@@ -96,61 +96,83 @@ def parse(text: str, key: str = "") -> RowFilter:
     tokens = _tokens(text)
     if len(tokens) == 1 and tokens[0][0] == "word" and tokens[0][1].lower() == "true":
         return RowFilter(key, text, ())
+    cursor = _Cursor(tokens)
     terms: list[Term] = []
-    pos = 0
-
-    def take() -> tuple[str, str]:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise FilterSyntaxError("the filter ends too early")
-        pos += 1
-        return tokens[pos - 1]
-
-    def word(expected: str) -> bool:
-        nonlocal pos
-        if pos < len(tokens) and tokens[pos][0] == "word" and tokens[pos][1].lower() == expected:
-            pos += 1
-            return True
-        return False
-
     while True:
-        kind, column = take()
-        if kind != "word" or column.lower() in ("and", "in", "not", "is", "null", "like", "true", "false"):
-            raise FilterSyntaxError(f"expected a column name, found {column!r}")
-        if word("is"):
-            op = "is not null" if word("not") else "is null"
-            if not word("null"):
-                raise FilterSyntaxError(f"expected 'null' after 'is' ({column})")
-            terms.append(Term(column, op))
-        else:
-            if word("not"):
-                if not word("in"):
-                    raise FilterSyntaxError(f"expected 'in' after 'not' ({column})")
-                op = "not in"
-            elif word("in"):
-                op = "in"
-            elif word("like"):
-                op = "like"
-            else:
-                kind, op = take()
-                if kind != "op":
-                    raise FilterSyntaxError(f"expected an operator after {column!r}, found {op!r}")
-                op = "!=" if op == "<>" else op
-            if op in LIST_OPERATORS:
-                terms.append(Term(column, op, _list(take)))
-            else:
-                value = _value(take())
-                if op == "like" and not isinstance(value, (str, Claim)):
-                    raise FilterSyntaxError(f"'like' on {column!r} takes a text pattern")
-                terms.append(Term(column, op, value))
-        if pos == len(tokens):
+        terms.append(_term(cursor))
+        if cursor.done:
             break
-        if not word("and"):
-            raise FilterSyntaxError(f"expected 'and' between terms, found {tokens[pos][1]!r} "
+        if not cursor.word("and"):
+            raise FilterSyntaxError(f"expected 'and' between terms, found {cursor.next_text!r} "
                                     "(terms are ANDed; write one filter per role for alternatives)")
     if len(terms) > MAX_TERMS:
         raise FilterSyntaxError(f"a filter has at most {MAX_TERMS} terms")
     return RowFilter(key, text, tuple(terms))
+
+
+class _Cursor:
+    """The tokens of one filter, read front to back."""
+
+    def __init__(self, tokens: list[tuple[str, str]]):
+        self.tokens, self.pos = tokens, 0
+
+    @property
+    def done(self) -> bool:
+        return self.pos == len(self.tokens)
+
+    @property
+    def next_text(self) -> str:
+        return self.tokens[self.pos][1]
+
+    def take(self) -> tuple[str, str]:
+        if self.pos >= len(self.tokens):
+            raise FilterSyntaxError("the filter ends too early")
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def word(self, expected: str) -> bool:
+        """Takes the next token when it is the keyword `expected`."""
+        if self.done:
+            return False
+        kind, text = self.tokens[self.pos]
+        if kind == "word" and text.lower() == expected:
+            self.pos += 1
+            return True
+        return False
+
+
+def _term(cursor: _Cursor) -> Term:
+    """One `column op value` (or `column is [not] null`)."""
+    kind, column = cursor.take()
+    if kind != "word" or column.lower() in ("and", "in", "not", "is", "null", "like", "true", "false"):
+        raise FilterSyntaxError(f"expected a column name, found {column!r}")
+    if cursor.word("is"):
+        op = "is not null" if cursor.word("not") else "is null"
+        if not cursor.word("null"):
+            raise FilterSyntaxError(f"expected 'null' after 'is' ({column})")
+        return Term(column, op)
+    op = _operator(cursor, column)
+    if op in LIST_OPERATORS:
+        return Term(column, op, _list(cursor.take))
+    value = _value(cursor.take())
+    if op == "like" and not isinstance(value, (str, Claim)):
+        raise FilterSyntaxError(f"'like' on {column!r} takes a text pattern")
+    return Term(column, op, value)
+
+
+def _operator(cursor: _Cursor, column: str) -> str:
+    if cursor.word("not"):
+        if not cursor.word("in"):
+            raise FilterSyntaxError(f"expected 'in' after 'not' ({column})")
+        return "not in"
+    if cursor.word("in"):
+        return "in"
+    if cursor.word("like"):
+        return "like"
+    kind, op = cursor.take()
+    if kind != "op":
+        raise FilterSyntaxError(f"expected an operator after {column!r}, found {op!r}")
+    return "!=" if op == "<>" else op
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:

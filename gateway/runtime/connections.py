@@ -40,7 +40,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.runtime import parentwatch
 
 log = logging.getLogger("agentgate.connections")

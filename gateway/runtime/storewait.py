@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.common import randomness
 from gateway.common.errors import error_body
 from gateway.common.textsafe import terminal
-from gateway.store.database import make_store_engine, metadata, ping
+from gateway.store import make_store_engine, metadata, ping
 
 log = logging.getLogger("agentgate.store")
 

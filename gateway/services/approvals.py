@@ -20,21 +20,19 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.trail import format_time, now
+from gateway.common.clock import format_time, now
 from gateway.common.errors import BudgetExceeded, Forbidden, Unavailable
-from gateway.store.database import approvals as table
-from gateway.store.database import reading
+from gateway.store import approvals as table
+from gateway.store import backend_for, reading
 
 STATUSES = ("pending", "approved", "denied")
 # What an agent at its cap of pending approvals is told to wait before asking again: pending approvals do not
 # expire, a person has to decide some, so this is a pace, not a promise.
 CAP_RETRY_AFTER = 60
-# Marks the operating-system user in `decided_by`; refused in the name given, so it cannot be forged there.
-OS_MARK = "(os:"
 
 
 def binding(submitted: str | None) -> str:
@@ -152,8 +150,7 @@ async def open_request(engine: AsyncEngine, agent: str, dataset: str, owner: str
             # One request at a time per agent, so two replicas asked at once neither open two approvals for one
             # request nor both take an agent's last place under the cap (SQLite: the store engine's BEGIN
             # IMMEDIATE already serialises writers).
-            if engine.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _agent_lock(agent)})
+            await backend_for(engine).lock_hashed(conn, _agent_lock(agent))
             found = (await conn.execute(select(table.c.id).where(same).order_by(table.c.requested_at)
                                         .limit(1))).scalar_one_or_none()
             if found is not None:

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, delete, func, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.common.errors import BudgetExceeded, Unavailable
-from gateway.policy.limits import Limits
-from gateway.store.database import reading
-from gateway.store.database import usage_counters as table
+from gateway.policy import Limits
+from gateway.store import backend_for, reading
+from gateway.store import usage_counters as table
 
 log = logging.getLogger("agentgate.budgets")
 
@@ -78,11 +77,9 @@ async def _add(conn: AsyncConnection, agent: str, window: str, start: str, reque
                rows: int) -> tuple[int, int, int, int]:
     """Add to one counter atomically (inserting it on first use); returns its new (requests, rows, reserved,
     reserved_at). The row stays locked until the transaction ends, so what this returns holds until then."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(agent=agent, kind=window, window_start=start, requests=requests, rows=rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.agent, table.c.kind, table.c.window_start],
-        set_={"requests": table.c.requests + stmt.excluded.requests, "rows": table.c.rows + stmt.excluded.rows})
+    stmt = backend_for(conn).upsert_adding(
+        table, {"agent": agent, "kind": window, "window_start": start, "requests": requests, "rows": rows},
+        keys=[table.c.agent, table.c.kind, table.c.window_start], adding=["requests", "rows"])
     found = (await conn.execute(stmt.returning(table.c.requests, table.c.rows, table.c.reserved,
                                                table.c.reserved_at))).one()
     return int(found[0]), int(found[1]), int(found[2] or 0), int(found[3] or 0)
@@ -108,57 +105,25 @@ class Meter:
             return None
         moment = _now()
         minute, to_minute, day, to_day = _windows(moment)
-        refused: BudgetExceeded | None = None
-        budget = ""
+        refused: tuple[str, BudgetExceeded] | None = None  # the budget spent, and the refusal
         held: Reservation | None = None
         try:
             async with self._engine.begin() as conn:
                 if limits.requests_per_minute is not None:
-                    count, _, _, _ = await _add(conn, agent, MINUTE, minute, 1, 0)
-                    if count > limits.requests_per_minute:
-                        budget = "requests_per_minute"
-                        refused = BudgetExceeded(
-                            f"request budget spent: {limits.requests_per_minute} requests per minute; "
-                            f"try again in {to_minute} s",
-                            reason=f"budget requests_per_minute = {limits.requests_per_minute} spent",
-                            headers={"Retry-After": str(to_minute)})
+                    refused = await _count_request(conn, agent, limits.requests_per_minute, minute, to_minute)
                 if limits.rows_per_day is not None:
-                    cap = limits.rows_per_day
-                    _, served, reserved, since = await _add(conn, agent, DAY, day, 1, 0)
-                    stamp = int(moment.timestamp())
-                    lost = reserved > 0 and stamp - since > RESERVATION_TTL_SECONDS
-                    if lost:
-                        log.warning("releasing %d rows of %r's budget still set aside %d s after its last read "
-                                    "began (a gateway stopped mid-read)", reserved, agent, stamp - since)
-                        reserved = 0
-                    if refused is None and served >= cap:
-                        budget = "rows_per_day"
-                        refused = BudgetExceeded(
-                            f"row budget spent: {cap} rows per day (UTC); try again in {to_day} s",
-                            reason=f"budget rows_per_day = {cap} spent ({served} rows today)",
-                            headers={"Retry-After": str(to_day)})
-                    elif refused is None and rows > 0 and served + reserved >= cap:
-                        budget = "rows_per_day"
-                        refused = BudgetExceeded(
-                            f"row budget held by reads in flight: {cap} rows per day (UTC), {served} served; "
-                            f"try again in {IN_FLIGHT_RETRY_SECONDS} s",
-                            reason=f"budget rows_per_day = {cap} held by reads in flight ({served} rows served, "
-                                   f"{reserved} set aside)",
-                            headers={"Retry-After": str(IN_FLIGHT_RETRY_SECONDS)})
-                    elif refused is None and rows > 0:
-                        held = Reservation(agent, day, min(rows, cap - served - reserved))
-                    if held is not None or lost:
-                        # The row is still locked by the upsert above: setting the sum is as good as adding to it.
-                        await conn.execute(update(table).where(_day(agent, day)).values(
-                            reserved=reserved + (held.rows if held else 0), reserved_at=stamp))
+                    by_rows, held = await _set_aside(conn, agent, limits.rows_per_day, rows, moment, day, to_day,
+                                                     refused is not None)
+                    refused = refused or by_rows
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable("the gateway cannot reach its store to check budgets; refusing until it is back",
                               reason=f"budget check failed: {type(exc).__name__}") from exc
         await self._maybe_prune()
         if refused is not None:
+            budget, refusal = refused
             if self._refused is not None:
                 self._refused(budget)
-            raise refused
+            raise refusal
         return held
 
     async def settle(self, held: Reservation, served: int) -> None:
@@ -211,3 +176,52 @@ async def counters(engine: AsyncEngine, agent: str | None = None) -> list[dict[s
         stmt = stmt.where(table.c.agent == agent)
     async with reading(engine).connect() as conn:
         return [dict(r._mapping) for r in (await conn.execute(stmt)).fetchall()]
+
+
+async def _count_request(conn: AsyncConnection, agent: str, per_minute: int, minute: str,
+                         to_minute: int) -> tuple[str, BudgetExceeded] | None:
+    """Count one request in its minute; the refusal when that is over requests_per_minute."""
+    count, _, _, _ = await _add(conn, agent, MINUTE, minute, 1, 0)
+    if count <= per_minute:
+        return None
+    return "requests_per_minute", BudgetExceeded(
+        f"request budget spent: {per_minute} requests per minute; try again in {to_minute} s",
+        reason=f"budget requests_per_minute = {per_minute} spent", headers={"Retry-After": str(to_minute)})
+
+
+async def _set_aside(conn: AsyncConnection, agent: str, cap: int, rows: int, moment: dt.datetime, day: str,
+                     to_day: int, refused: bool) -> tuple[tuple[str, BudgetExceeded] | None, Reservation | None]:
+    """Count one request in its day and, unless it is `refused` already or the day's rows are spent or held,
+    set aside up to `rows` rows for it. Rows still set aside long after the agent's last read began were left
+    by a gateway that stopped mid-read: they are released."""
+    _, served, reserved, since = await _add(conn, agent, DAY, day, 1, 0)
+    stamp = int(moment.timestamp())
+    lost = reserved > 0 and stamp - since > RESERVATION_TTL_SECONDS
+    if lost:
+        log.warning("releasing %d rows of %r's budget still set aside %d s after its last read "
+                    "began (a gateway stopped mid-read)", reserved, agent, stamp - since)
+        reserved = 0
+    refusal, held = (None, None) if refused else _rows_left(agent, cap, rows, day, to_day, served, reserved)
+    if held is not None or lost:
+        # The row is still locked by the upsert above: setting the sum is as good as adding to it.
+        await conn.execute(update(table).where(_day(agent, day)).values(
+            reserved=reserved + (held.rows if held else 0), reserved_at=stamp))
+    return refusal, held
+
+
+def _rows_left(agent: str, cap: int, rows: int, day: str, to_day: int, served: int,
+               reserved: int) -> tuple[tuple[str, BudgetExceeded] | None, Reservation | None]:
+    """The day's rows spent (refused), held by reads in flight (refused, retry soon), or up to `rows` set aside."""
+    if served >= cap:
+        return ("rows_per_day", BudgetExceeded(
+            f"row budget spent: {cap} rows per day (UTC); try again in {to_day} s",
+            reason=f"budget rows_per_day = {cap} spent ({served} rows today)",
+            headers={"Retry-After": str(to_day)})), None
+    if rows > 0 and served + reserved >= cap:
+        return ("rows_per_day", BudgetExceeded(
+            f"row budget held by reads in flight: {cap} rows per day (UTC), {served} served; "
+            f"try again in {IN_FLIGHT_RETRY_SECONDS} s",
+            reason=f"budget rows_per_day = {cap} held by reads in flight ({served} rows served, "
+                   f"{reserved} set aside)",
+            headers={"Retry-After": str(IN_FLIGHT_RETRY_SECONDS)})), None
+    return None, (Reservation(agent, day, min(rows, cap - served - reserved)) if rows > 0 else None)

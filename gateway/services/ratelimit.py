@@ -40,11 +40,12 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.audit.trail import AuditRecord, format_time
+from gateway.audit import AuditRecord
 from gateway.common import randomness
+from gateway.common.clock import format_time
 from gateway.common.errors import BudgetExceeded, GatewayError
 from gateway.common.textsafe import cap
-from gateway.config.settings import LimitSettings
+from gateway.config import LimitSettings
 
 log = logging.getLogger("agentgate.ratelimit")
 

@@ -23,13 +23,13 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from connectors.base import TableSource
-from gateway.audit.trail import AuditRecord, AuditTrail, format_time, now
+from gateway.audit import AuditRecord, AuditTrail
+from gateway.common.clock import format_time, now
 from gateway.common.errors import ConfigError, Unavailable
-from gateway.config.settings import Settings
-from gateway.policy.loader import POLICY_FILES, Policy, PolicyHolder, failing_cases, load_policy
+from gateway.config import Settings
+from gateway.policy import POLICY_FILES, Policy, PolicyHolder, failing_cases, load_policy
 from gateway.sources.opening import check_tables
-from gateway.store.database import meta
-from gateway.store.feed import notify
+from gateway.store import meta, notify
 
 log = logging.getLogger("agentgate.policy")
 

@@ -14,18 +14,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit.trail import format_time, now, parse_time
-from gateway.auth.tokens import Agent
+from gateway.auth import Agent
+from gateway.common.clock import format_time, now, parse_time
 from gateway.common.errors import Forbidden, Unavailable
-from gateway.store.database import reading
-from gateway.store.database import revocations as table
-from gateway.store.feed import StoreSync, notify
+from gateway.store import StoreSync, backend_for, notify, reading
+from gateway.store import revocations as table
 
 KINDS = ("agent", "token")
-REVOKE_LOCK = 7243003  # PostgreSQL advisory lock: one revocation of a subject at a time
+REVOKE_LOCK = 7243003  # the store's write lock (PostgreSQL: advisory): one revocation of a subject at a time
 # Seconds a request waits for a proof that this replica's view is current, then 503. Waiting is safe (a view
 # proven current after the request arrived is as good as one proven before), so this bounds latency only: a
 # process starved of CPU for a moment (a busy host) answers late rather than 503. A lost channel ends the wait
@@ -53,8 +52,7 @@ async def add(engine: AsyncEngine, kind: str, subject: str, reason: str | None, 
     second is stored (True: this call stored it). Two admins revoking at once still make one."""
     assert kind in KINDS
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # SQLite's write transactions take turns already (BEGIN IMMEDIATE)
-            await conn.execute(text(f"SELECT pg_advisory_xact_lock({REVOKE_LOCK})"))
+        await backend_for(conn).lock(conn, REVOKE_LOCK)  # SQLite's write transactions take turns already
         found = (await conn.execute(select(table).where(
             table.c.lifted_at.is_(None), table.c.kind == kind, table.c.subject == subject).order_by(table.c.id)
             .limit(1))).first()

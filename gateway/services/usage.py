@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit import trail as audit
-from gateway.audit.trail import parse_time
+from gateway.audit import CORRECTED_ID, CORRECTION_PREFIX
+from gateway.common.clock import parse_time
 from gateway.common.textsafe import terminal
-from gateway.config.settings import CostSettings
-from gateway.store.database import audit as audit_table
-from gateway.store.database import reading
+from gateway.config import CostSettings
+from gateway.store import audit as audit_table
+from gateway.store import reading
 
 # The audit actions of the data API (admin acts such as revoke, reload, read_audit are not usage).
 DATA_ACTIONS = ("read", "list", "describe", "sql")
@@ -82,12 +82,12 @@ async def usage(engine: AsyncEngine, by: str, since: dt.datetime | None = None,
     async with reading(engine).connect() as conn:
         rows = (await conn.execute(totals)).fetchall()
         # A record stored after its request was answered 503 (its write timed out) is followed by a correction
-        # (gateway/audit/trail.py): one request, refused, no data. The correction is counted; the record it corrects
+        # (gateway/audit/unsettled.py): one request, refused, no data. The correction is counted; the record it corrects
         # is taken off again. Corrections are rare: one scan for them, then their records by id.
         # Both in the window: a record is taken off only where it was counted.
-        found = window(select(c.reason).where(c.reason.like(audit.CORRECTION_PREFIX + "%"), *COUNTED))
+        found = window(select(c.reason).where(c.reason.like(CORRECTION_PREFIX + "%"), *COUNTED))
         corrected = sorted({int(m.group(1)) for (reason,) in (await conn.execute(found)).fetchall()
-                            if (m := audit.CORRECTED_ID.match(reason or "")) is not None})
+                            if (m := CORRECTED_ID.match(reason or "")) is not None})
         taken_off = []
         for start in range(0, len(corrected), 1000):  # bound values per statement
             taken_off += (await conn.execute(totals.where(c.id.in_(corrected[start:start + 1000])))).fetchall()

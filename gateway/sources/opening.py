@@ -1,42 +1,46 @@
-"""Build a connector for each configured source and check the catalog's tables against them."""
+"""Open every configured source, through the registry of source kinds (registry.py), and check the catalog's
+tables against them."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 
-from connectors.base import Filter, InvalidQuery, MissingTable, SourceTimedOut, SourceUnavailable, TableSource
-from connectors.http import HttpConnector
-from connectors.sql import SqlConnector, make_engine, seed_sqlite
+from connectors.base import (
+    Filter,
+    HttpSource,
+    InvalidQuery,
+    MissingTable,
+    SourceTimedOut,
+    SourceUnavailable,
+    TableSource,
+)
 from gateway.common.errors import ConfigError
-from gateway.config.settings import SourceSettings
-from gateway.policy.catalog import Catalog, Dataset
-from gateway.policy.rowfilters import Claim, Term
-
-log = logging.getLogger("agentgate.sources")
+from gateway.config import SourceSettings
+from gateway.policy import Catalog, Claim, Dataset, Term
+from gateway.sources.registry import opener_for
 
 
-def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, SqlConnector]:
-    """One pooled engine per SQL source, its pool (`pool_size`) the only one every read of the source uses; a
-    SQLite source with a seed is created on first run."""
-    out: dict[str, SqlConnector] = {}
+def open_sources(settings: Mapping[str, SourceSettings]) -> dict[str, TableSource]:
+    """The table sources (SQL: one pooled engine each, its pool the only one every read of the source uses; a
+    SQLite source with a seed created on first run), each opened as its URL's scheme says (registry.SCHEMES).
+    Blocking: called off the event loop."""
+    out: dict[str, TableSource] = {}
     for name, src in settings.items():
-        if src.kind != "sql":
-            continue  # HTTP sources come with their connector
-        if src.seed is not None and seed_sqlite(src.url, src.seed):
-            log.info("created source %r from its seed %s", name, src.seed)
-        engine = make_engine(src.url, timeout_seconds=src.timeout_seconds, pool_size=src.pool_size,
-                             read_only=src.read_only)
-        out[name] = SqlConnector(name, engine, timeout_seconds=src.timeout_seconds)
+        opener = opener_for(name, src).tables
+        if opener is not None:  # HTTP sources are opened by open_http_sources
+            out[name] = opener(name, src)
     return out
 
 
-def open_http_sources(settings: Mapping[str, SourceSettings]) -> dict[str, HttpConnector]:
-    """One pooled HTTP client per HTTP source, its configured headers (credentials) sent on every request."""
-    return {name: HttpConnector(name, src.url, headers={k: v.reveal() for k, v in src.headers.items()},
-                                timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
-            for name, src in settings.items() if src.kind == "http"}
+def open_http_sources(settings: Mapping[str, SourceSettings]) -> dict[str, HttpSource]:
+    """The HTTP sources (one pooled client each, its configured headers sent on every request)."""
+    out: dict[str, HttpSource] = {}
+    for name, src in settings.items():
+        opener = opener_for(name, src).http
+        if opener is not None:
+            out[name] = opener(name, src)
+    return out
 
 
 async def check_tables(catalog: Catalog, sources: Mapping[str, TableSource], policy_file: object,

@@ -1,12 +1,12 @@
 """SQL mode: which of an agent's conditions may also run inside a row-filtered dataset's fence.
 
-The fence (sqlmode._fenced) keeps every expression an agent writes off the rows its row filter hides; it also
-keeps the planner from using an index for the agent's own condition, so `WHERE id = 5` on a filtered table reads
-every visible row. A condition that cannot fail and does nothing but be true or false — a column of that
-dataset compared with a literal — tells nothing when it is evaluated on a hidden row: the filter beside it still
-drops the row, and no error can come of it (a literal that does not fit the column's type fails when the
-statement is planned, whatever the rows). So a copy of each such condition is placed inside the fence, beside
-the filter, where an index can serve it; the agent's condition stays where it was written. PostgreSQL's
+The fence (gateway/sqlmode/rewrite.py _fenced) keeps every expression an agent writes off the rows its row filter
+hides; it also keeps the planner from using an index for the agent's own condition, so `WHERE id = 5` on a
+filtered table reads every visible row. A condition that cannot fail and does nothing but be true or false — a
+column of that dataset compared with a literal — tells nothing when it is evaluated on a hidden row: the filter
+beside it still drops the row, and no error can come of it (a literal that does not fit the column's type fails
+when the statement is planned, whatever the rows). So a copy of each such condition is placed inside the fence,
+beside the filter, where an index can serve it; the agent's condition stays where it was written. PostgreSQL's
 security-barrier views push "leakproof" conditions down for the same reason.
 
 Only what is plainly safe is copied: `column <op> literal` (`=`, `<>`, `<`, `<=`, `>`, `>=`), `column IN

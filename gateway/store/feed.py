@@ -19,6 +19,10 @@ On SQLite, where there is no NOTIFY, each worker asks every 25 ms whether anothe
 since its last re-read (``PRAGMA data_version``, one call) and if so re-reads, in a read-only transaction (a
 WAL snapshot: it never waits for the writers, nor holds them off), on a connection of its own (never queued
 behind the pool).
+
+This module holds what the kinds share (the proof, the re-reads, losing and regaining the channel); each kind's
+half, the listener and its probe or the poll, is its backend's (ChangeFeed: gateway/store/postgresql.py,
+gateway/store/sqlite.py).
 """
 
 from __future__ import annotations
@@ -26,58 +30,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import asyncpg
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.store.database import asyncpg_dsn, reading
+from gateway.store.backend import CONNECT_TIMEOUT, REREAD_TIMEOUT
+from gateway.store.engines import backend_for
+from gateway.store.transactions import reading
 
 log = logging.getLogger("agentgate.sync")
 
-CHANNEL = "agentgate"
-FEED_NAME = "agentgate-feed"  # the listening connection's application_name, as pg_stat_activity shows it
-CONNECT_TIMEOUT = 2.0
-REREAD_TIMEOUT = 2.0
 Refresh = Callable[[AsyncConnection], Awaitable[None]]
 
 
 async def notify(conn: AsyncConnection, topic: str) -> None:
     """Wake every replica (PostgreSQL; delivered when the caller's transaction commits)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic})
+    await backend_for(conn).notify(conn, topic)
 
 
 @dataclass
 class _Link:
-    """One connection cycle: the listener (PostgreSQL) and the connection the re-reads run on."""
+    """One connection cycle: the connection the re-reads run on, as the kind's change feed sees it (Follower,
+    gateway/store/backend.py)."""
 
+    sync: StoreSync
     reader: AsyncConnection
-    feed: Any = None  # asyncpg.Connection
     version: int | None = None  # SQLite: the data_version the last re-read's snapshot includes
     lost: asyncio.Event = field(default_factory=asyncio.Event)  # the feed's connection was closed
+
+    def resync_due(self, now: float) -> bool:
+        return now - self.sync.synced_at >= self.sync.resync_seconds
+
+    def woken(self) -> bool:
+        return self.sync.woken()
+
+    async def reread(self, version: int | None = None) -> None:
+        await self.sync.reread(self, version)
+
+    def proved(self, as_of: float) -> None:
+        self.sync.proved(as_of)
 
 
 class StoreSync:
     def __init__(self, engine: AsyncEngine, *, probe_seconds: float = 0.025, poll_seconds: float = 0.025,
                  max_staleness: float = 0.075, probe_timeout: float = 0.1, resync_seconds: float = 1.0):
         self._engine = engine
-        self._pg = engine.dialect.name == "postgresql"
-        self._interval = probe_seconds if self._pg else poll_seconds
         self.max_staleness = max_staleness
-        self._probe_timeout = probe_timeout
-        self._resync = resync_seconds
+        self.resync_seconds = resync_seconds
         self._subscribers: list[Refresh] = []
         self._wake = asyncio.Event()
         self._renewed = asyncio.Event()  # set (and cleared) at each new proof
-        self._probe_channel = f"agentgate_probe_{secrets.token_hex(8)}"  # this replica's own
-        self._echo: tuple[str, asyncio.Future[None]] | None = None  # the probe awaited: its payload, its echo
-        self._probes = 0
+        # The store kind's half: a listener (PostgreSQL) or a poller (SQLite).
+        self._feed = backend_for(engine).change_feed(engine, self.wake, probe_seconds=probe_seconds,
+                                                     poll_seconds=poll_seconds, probe_timeout=probe_timeout)
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = False  # the channel is up (False from a lost channel until reconnected and re-read)
@@ -107,7 +114,7 @@ class StoreSync:
                     await self._renewed.wait()
         return True
 
-    def _proved(self, as_of: float) -> None:
+    def proved(self, as_of: float) -> None:
         """Everything committed before `as_of` (monotonic) is in this replica's view."""
         if as_of > self.fresh_at:
             self.fresh_at = as_of
@@ -139,6 +146,9 @@ class StoreSync:
     def wake(self) -> None:
         self._wake.set()
 
+    def woken(self) -> bool:
+        return self._wake.is_set()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -164,11 +174,10 @@ class StoreSync:
     async def _connect(self) -> _Link:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             reader = await reading(self._engine).connect()
-        link = _Link(reader)
+        link = _Link(self, reader)
         try:
-            if self._pg:
-                link.feed = await self._listen(link)
-            await self._reread(link)
+            await self._feed.open(reader, link.lost)
+            await self.reread(link)
         except BaseException:
             await self._drop(link)
             raise
@@ -180,8 +189,7 @@ class StoreSync:
             link, self._link = self._link, None
         if link is None:
             return
-        if link.feed is not None:
-            link.feed.terminate()
+        self._feed.close()
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(1.0):
                 await link.reader.invalidate()
@@ -190,7 +198,7 @@ class StoreSync:
                 await link.reader.close()
 
     async def _follow(self, link: _Link) -> None:
-        due = time.monotonic() + self._interval
+        due = time.monotonic() + self._feed.interval
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, due - time.monotonic())):
@@ -198,32 +206,20 @@ class StoreSync:
             if link.lost.is_set():
                 raise ConnectionError("the listening connection was closed")
             if self._wake.is_set():
-                await self._reread(link)  # a wake-up: re-read at once (a whole re-read is its own proof)
+                await self.reread(link)  # a wake-up: re-read at once (a whole re-read is its own proof)
             now = time.monotonic()
             if now < due:
                 continue
-            due = now + self._interval
-            if link.feed is None:  # SQLite's poll
-                version = await self._data_version(link)
-                if version != link.version or now - self.synced_at >= self._resync:
-                    await self._reread(link, version)
-                else:  # no commit by anyone else since the last re-read's snapshot: it is current as of `now`
-                    self._proved(now)
-                continue
-            if now - self.synced_at >= self._resync:
-                await self._reread(link)  # on PostgreSQL, the re-read every second
-            await self._probe(link.feed)
-            if self._wake.is_set():  # notifications that came before the echo are acted on first
-                await self._reread(link)
-            self._proved(now)
+            due = now + self._feed.interval
+            await self._feed.tick(link, now)
 
-    async def _reread(self, link: _Link, version: int | None = None) -> None:
+    async def reread(self, link: _Link, version: int | None = None) -> None:
         """Every subscriber re-reads in one read-only transaction; its snapshot starts after `started` (and, on
         SQLite, after `version` was read)."""
         self._wake.clear()
         started = time.monotonic()
-        if not self._pg and version is None:
-            version = await self._data_version(link)
+        if version is None:
+            version = await self._feed.version()
         # No `async with begin()`: on a timeout the link is dropped, never rolled back over a frozen socket.
         async with asyncio.timeout(REREAD_TIMEOUT):
             for refresh in self._subscribers:
@@ -231,56 +227,4 @@ class StoreSync:
             await link.reader.commit()  # ends the snapshot (on SQLite, lets checkpoints pass it)
         link.version = version
         self.synced_at = started
-        self._proved(started)
-
-    @staticmethod
-    async def _data_version(link: _Link) -> int:
-        """SQLite's count of commits by other connections, in one call on the driver's own connection (outside
-        any transaction: the driver runs in autocommit mode, see gateway/store/database.py)."""
-        raw = await link.reader.get_raw_connection()
-        async with asyncio.timeout(REREAD_TIMEOUT):
-            rows = await raw.driver_connection.execute_fetchall("PRAGMA data_version")  # type: ignore[union-attr]
-        return int(next(iter(rows))[0])
-
-    async def _probe(self, feed: Any) -> None:
-        """Send a notification to ourselves and wait for it to come back (see the module's docstring)."""
-        self._probes += 1
-        payload = str(self._probes)
-        echoed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._echo = (payload, echoed)
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                await feed.execute(f"SELECT pg_notify('{self._probe_channel}', '{payload}')")
-                await echoed
-        except TimeoutError:
-            raise TimeoutError(f"the change feed did not echo its probe within "
-                               f"{self._probe_timeout * 1000:.0f} ms") from None
-        finally:
-            self._echo = None
-
-    async def _listen(self, link: _Link) -> Any:
-        # synchronous_commit off: a probe is a tiny transaction of its own, and need not wait for a WAL flush.
-        conn = await asyncpg.connect(asyncpg_dsn(self._engine), timeout=CONNECT_TIMEOUT,
-                                     server_settings={"application_name": FEED_NAME, "synchronous_commit": "off"})
-
-        def on_notify(*_: Any) -> None:
-            self._wake.set()
-
-        def on_probe(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            echo = self._echo
-            if echo is not None and payload == echo[0] and not echo[1].done():
-                echo[1].set_result(None)
-
-        def on_close(*_: Any) -> None:
-            link.lost.set()
-            self._wake.set()
-
-        try:
-            conn.add_termination_listener(on_close)
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await conn.add_listener(CHANNEL, on_notify)
-                await conn.add_listener(self._probe_channel, on_probe)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
+        self.proved(started)

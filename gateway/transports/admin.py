@@ -1,4 +1,9 @@
-"""Admin routes under /admin/v1/: thin adapters onto the same core as the agents' API."""
+"""Admin routes under /admin/v1/: thin adapters onto the same core as the agents' API.
+
+One route per path of the admin operations (core.operations, in their order). A path's `{id}` is its
+operation's parameter, else a GET's query string is; a method no operation of the path takes is answered by
+the path's last operation (405, naming its method), through the core, so it leaves a record.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +11,33 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.core import operations
+from gateway.core.operations import HttpRoute, Operation
 from gateway.transports.data import ALL_METHODS, handle
 
 
-async def revocations(request: Request) -> Response:
-    if request.method == "GET":
-        return await handle(request, "list_revocations", "GET")
-    return await handle(request, "revoke", "POST")
+def _route(path: str, served: list[tuple[Operation, HttpRoute]]) -> Route:
+    by_method = {http.method: (op.name, http.method) for op, http in served}
+    otherwise = by_method[served[-1][1].method]
+    takes_id = "{id}" in path
+
+    async def endpoint(request: Request) -> Response:
+        name, method = by_method.get(request.method, otherwise)
+        params: dict[str, str] | None = None
+        if takes_id:
+            params = {"id": request.path_params["id"]}
+        elif method == "GET":
+            params = dict(request.query_params)
+        return await handle(request, name, method, params=params)
+
+    return Route(path, endpoint, methods=ALL_METHODS)
 
 
-async def revocation(request: Request) -> Response:
-    return await handle(request, "restore", "DELETE", params={"id": request.path_params["id"]})
-
-
-async def audit_trail(request: Request) -> Response:
-    return await handle(request, "read_audit", "GET", params=dict(request.query_params))
-
-
-async def audit_record(request: Request) -> Response:
-    return await handle(request, "audit_record", "GET", params={"id": request.path_params["id"]})
-
-
-async def audit_verify(request: Request) -> Response:
-    return await handle(request, "audit_verify", "GET", params=dict(request.query_params))
-
-
-async def audit_activity(request: Request) -> Response:
-    return await handle(request, "audit_activity", "GET", params=dict(request.query_params))
-
-
-async def audit_export(request: Request) -> Response:
-    return await handle(request, "audit_export", "GET", params=dict(request.query_params))
-
-
-async def approvals(request: Request) -> Response:
-    return await handle(request, "list_approvals", "GET", params=dict(request.query_params))
-
-
-async def approve(request: Request) -> Response:
-    return await handle(request, "approve", "POST", params={"id": request.path_params["id"]})
-
-
-async def deny(request: Request) -> Response:
-    return await handle(request, "deny_approval", "POST", params={"id": request.path_params["id"]})
+def _paths(prefix: str) -> dict[str, list[tuple[Operation, HttpRoute]]]:
+    paths: dict[str, list[tuple[Operation, HttpRoute]]] = {}
+    for op, http in operations.under(prefix):
+        paths.setdefault(http.path, []).append((op, http))
+    return paths
 
 
 async def unknown(request: Request) -> Response:
@@ -56,16 +45,7 @@ async def unknown(request: Request) -> Response:
 
 
 routes = [
-    Route("/admin/v1/revocations", revocations, methods=ALL_METHODS),
-    Route("/admin/v1/revocations/{id}", revocation, methods=ALL_METHODS),
-    Route("/admin/v1/audit", audit_trail, methods=ALL_METHODS),
-    Route("/admin/v1/audit/verify", audit_verify, methods=ALL_METHODS),
-    Route("/admin/v1/audit/activity", audit_activity, methods=ALL_METHODS),
-    Route("/admin/v1/audit/export", audit_export, methods=ALL_METHODS),
-    Route("/admin/v1/audit/{id}", audit_record, methods=ALL_METHODS),
-    Route("/admin/v1/approvals", approvals, methods=ALL_METHODS),
-    Route("/admin/v1/approvals/{id}/approve", approve, methods=ALL_METHODS),
-    Route("/admin/v1/approvals/{id}/deny", deny, methods=ALL_METHODS),
+    *(_route(path, served) for path, served in _paths("/admin/v1/").items()),
     # anypath (data.py): a path with a newline in it still reaches a route that refuses it and records that.
     Route("/admin/v1/{rest:anypath}", unknown, methods=ALL_METHODS),
 ]

@@ -1,7 +1,11 @@
-"""The agents' API under /v1/: parse HTTP, call the one read path, send its bytes back."""
+"""The agents' API under /v1/: parse HTTP, call the one read path, send its bytes back.
+
+The routes are the data operations' (core.operations: each one's method and path); a path none serves is
+refused through the core all the same, so it leaves a record."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -12,7 +16,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.common.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
-from gateway.core.pipeline import Answer, Gateway, ReadRequest
+from gateway.core import operations
+from gateway.core.pipeline import Gateway
+from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
 from gateway.transports.http import new_request_id, raw_json, read_asgi_body, read_body
 
@@ -58,15 +64,22 @@ _READ_HEADERS = frozenset({b"authorization", b"x-work-unit", b"x-approval-id", b
                            b"traceparent"})
 
 
+# The query operation, taken straight from ASGI (query_asgi): its method, and its path around the dataset's name.
+_QUERY = operations.OPERATIONS["query"]
+assert _QUERY.http is not None
+_QUERY_METHOD = _QUERY.http.method
+_QUERY_HEAD, _QUERY_TAIL = _QUERY.http.path.split("{name}")
+
+
 def query_route(scope: Scope) -> str | None:
-    """The dataset name when the request is exactly what the router would send to `query_dataset` with a POST
+    """The dataset name when the request is exactly what the router would send to the query route with a POST
     (path /v1/datasets/{name}/query, name one path segment), else None."""
-    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+    if scope["type"] != "http" or scope["method"] != _QUERY_METHOD or scope.get("root_path"):
         return None
     path: str = scope["path"]
-    if not (path.startswith("/v1/datasets/") and path.endswith("/query")):
+    if not (path.startswith(_QUERY_HEAD) and path.endswith(_QUERY_TAIL)):
         return None
-    name = path[len("/v1/datasets/"):-len("/query")]
+    name = path[len(_QUERY_HEAD):-len(_QUERY_TAIL)]
     return name if name and "/" not in name else None
 
 
@@ -87,7 +100,7 @@ async def query_asgi(state: Any, name: str, scope: Scope, receive: Receive, send
     who = caller.caller(caller.peer_of(scope), state.proxies, forwarded_for=",".join(forwarded) or None,
                         user_agent=headers.get(b"user-agent"), traceparent=headers.get(b"traceparent"))
     answer = await state.gateway.handle(ReadRequest(
-        request_id=request_id, operation="query", authorization=headers.get(b"authorization"), dataset=name,
+        request_id=request_id, operation=_QUERY.name, authorization=headers.get(b"authorization"), dataset=name,
         body=body, body_too_large=too_large, work_unit=headers.get(b"x-work-unit") or None,
         approval_id=headers.get(b"x-approval-id") or None, client=who.client, user_agent=who.user_agent,
         trace_id=who.trace_id))
@@ -105,49 +118,57 @@ def _response(answer: Answer, request_id: str) -> Response:
     return raw_json(answer.status, answer.body, request_id, answer.headers)
 
 
-async def list_datasets(request: Request) -> Response:
-    return await handle(request, "list", "GET")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def describe_dataset(request: Request) -> Response:
-    return await handle(request, "describe", "GET", request.path_params["name"])
+def _dataset_route(name: str, method: str) -> Endpoint:
+    """A data operation's route: the dataset its path names (none for the list)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handle(request, name, method, request.path_params.get("name"))
+
+    return endpoint
 
 
-async def query_dataset(request: Request) -> Response:
-    return await handle(request, "query", "POST", request.path_params["name"])
+def _proxy_route(name: str, method: str) -> Endpoint:
+
+    async def proxy_dataset(request: Request) -> Response:
+        """GET through an HTTP dataset. The path is taken as it arrived (percent-encodings intact, so that an
+        encoded slash or dot is seen and refused), as is the query string."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        # /v1/datasets/{name}/proxy/{path}: everything after the fifth slash, still encoded.
+        parts = raw.decode("latin-1").split("?", 1)[0].split("/", 5)
+        path = parts[5] if len(parts) > 5 else ""
+        odd = None if len(parts) > 5 and unquote(parts[4]) == "proxy" else BadRequest("malformed proxy path")
+        params = {"path": path, "query": request.scope.get("query_string", b"").decode("latin-1")}
+        accept = request.headers.get("accept")
+        if accept:
+            params["accept"] = accept
+        return await handle(request, name, method, request.path_params["name"], params, route_error=odd)
+
+    return proxy_dataset
 
 
-async def proxy_dataset(request: Request) -> Response:
-    """GET through an HTTP dataset. The path is taken as it arrived (percent-encodings intact, so that an
-    encoded slash or dot is seen and refused), as is the query string."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    # /v1/datasets/{name}/proxy/{path}: everything after the fifth slash, still encoded.
-    parts = raw.decode("latin-1").split("?", 1)[0].split("/", 5)
-    path = parts[5] if len(parts) > 5 else ""
-    odd = None if len(parts) > 5 and unquote(parts[4]) == "proxy" else BadRequest("malformed proxy path")
-    params = {"path": path, "query": request.scope.get("query_string", b"").decode("latin-1")}
-    accept = request.headers.get("accept")
-    if accept:
-        params["accept"] = accept
-    return await handle(request, "proxy", "GET", request.path_params["name"], params, route_error=odd)
+def _sql_route(name: str, method: str) -> Endpoint:
 
+    async def run_sql(request: Request) -> Response:
+        """POST /v1/sql: one SELECT over datasets (SQL mode); 404 where [sql] enabled = false."""
+        if not request.app.state.settings.sql.enabled:
+            return await handle(request, "unknown", request.method)
+        return await handle(request, name, method)
 
-async def run_sql(request: Request) -> Response:
-    """POST /v1/sql: one SELECT over datasets (SQL mode); 404 where [sql] enabled = false."""
-    if not request.app.state.settings.sql.enabled:
-        return await handle(request, "unknown", request.method)
-    return await handle(request, "sql", "POST")
+    return run_sql
 
 
 async def unknown(request: Request) -> Response:
     return await handle(request, "unknown", request.method)
 
 
+# How each data operation's request is read from HTTP, where it is more than the dataset in its path.
+_ROUTES: dict[str, Callable[[str, str], Endpoint]] = {"proxy": _proxy_route, "sql": _sql_route}
+
 routes = [
-    Route("/v1/datasets", list_datasets, methods=ALL_METHODS),
-    Route("/v1/datasets/{name}", describe_dataset, methods=ALL_METHODS),
-    Route("/v1/datasets/{name}/query", query_dataset, methods=ALL_METHODS),
-    Route("/v1/datasets/{name}/proxy/{path:anypath}", proxy_dataset, methods=ALL_METHODS),
-    Route("/v1/sql", run_sql, methods=ALL_METHODS),
+    *(Route(http.path, _ROUTES.get(op.name, _dataset_route)(op.name, http.method), methods=ALL_METHODS)
+      for op, http in operations.under("/v1/")),
     Route("/v1/{rest:anypath}", unknown, methods=ALL_METHODS),
 ]

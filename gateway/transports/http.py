@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway.common import randomness
-from gateway.common.errors import GatewayError, error_body
 
 
 def new_request_id() -> str:
@@ -51,11 +48,3 @@ def raw_json(status: int, body: bytes, request_id: str, headers: Mapping[str, st
         out.update(headers)
     return Response(content=body, status_code=status, media_type="application/json", headers=out)
 
-
-def json_answer(status: int, payload: Mapping[str, Any], request_id: str,
-                headers: Mapping[str, str] | None = None) -> Response:
-    return raw_json(status, json.dumps(payload, separators=(",", ":")).encode(), request_id, headers)
-
-
-def error_answer(exc: GatewayError, request_id: str) -> Response:
-    return json_answer(exc.status, error_body(exc.code, exc.message, request_id), request_id, exc.headers)

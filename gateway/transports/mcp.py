@@ -29,12 +29,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.common.errors import BadRequest, GatewayError, NotFound
-from gateway.core.pipeline import ACTIONS, Answer, Gateway, ReadRequest
+from gateway.core import operations
+from gateway.core.pipeline import Gateway
+from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
 from gateway.transports.http import new_request_id, raw_json, read_asgi_body
 
 # The `sql` tool stands for the core's operation "sql" (SQL mode): offered only where the core has it.
-CORE_HAS_SQL = "sql" in ACTIONS
+CORE_HAS_SQL = "sql" in operations.OPERATIONS
 # Arguments that are not the REST body: the dataset (REST's path) and the X-Work-Unit / X-Approval-Id headers.
 _PASS = {"work_unit": {"type": "string", "description": "the work unit this read serves (recorded in the audit)"},
          "approval_id": {"type": "string", "description": "a person's approval, for datasets that need one"}}
@@ -70,8 +72,9 @@ SQL_TOOL = types.Tool(
     name="sql", description="One SELECT over datasets standing as tables (SQL mode); masked columns come back null.",
     input_schema=_schema({"sql": {"type": "string"}, **_PASS}, ("sql",)))
 TOOLS = {tool.name: tool for tool in (LIST_TOOL, DESCRIBE_TOOL, QUERY_TOOL, SQL_TOOL)}
-# The REST operation each tool is; the arguments it takes that are not the REST body.
-_OPERATIONS = {"list_datasets": "list", "describe_dataset": "describe", "query_dataset": "query", "sql": "sql"}
+# The operation each tool stands for (core.operations declares its tool); the arguments it takes that are not
+# the REST body.
+_OPERATIONS = {op.tool: op.name for op in operations.ALL if op.tool is not None}
 _NOT_BODY = {"list_datasets": (), "describe_dataset": ("name",), "query_dataset": ("name", *_PASS), "sql": (*_PASS,)}
 
 

@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.store.database import ping
-from gateway.store.files import StoreLost, store_file
+from gateway.store import StoreLost, ping, store_file
 
 
 async def healthz(request: Request) -> Response:

@@ -117,15 +117,7 @@ def build(activity: dict[str, Any], max_series: int = len(PALETTE)) -> Chart:
     chart = Chart(since=since, until=until)
     if buckets == 0:
         return chart
-    # The busiest agents get their own colour; the rest share one bar segment.
-    ranked = sorted(series.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
-    if len(ranked) > max_series:
-        kept = ranked[: max_series - 1]
-        rest = [sum(counts[i] for _, counts in ranked[max_series - 1:]) for i in range(buckets)]
-        ranked = [*kept, (f"{len(series) - len(kept)} other agents", rest)]
-    colours = [*PALETTE[: len(ranked)]]
-    if len(series) > max_series:
-        colours[-1] = OTHER_COLOUR
+    ranked, colours = _ranked(series, buckets, max_series)
     chart.legend = [LegendEntry(name, colour, sum(counts))
                     for (name, counts), colour in zip(ranked, colours, strict=True)]
     chart.total = sum(e.total for e in chart.legend)
@@ -135,11 +127,40 @@ def build(activity: dict[str, Any], max_series: int = len(PALETTE)) -> Chart:
     step = _nice_step(max(totals, default=0))
     top = max(step * math.ceil(max(totals, default=0) / step), step)
     scale = chart.plot_height / top
-    slot = chart.plot_width / buckets
-    gap = min(2.0, slot * 0.2)
     start = _parse(since)
     width_s = float(activity.get("bucket_seconds") or (_parse(until) - start).total_seconds() / buckets)
     chart.bucket_label = _duration(width_s)
+    _lay_bars(chart, ranked, colours, refused, buckets, scale, start, width_s)
+    chart.y_ticks = [Tick(round(chart.baseline - v * scale, 2), str(v)) for v in range(0, top + 1, step)]
+    span = (_parse(until) - start).total_seconds()
+    fmt = "%H:%M" if span <= 86400 * 1.5 else "%m-%d %H:%M"
+    every = max(1, buckets // 8)
+    slot = chart.plot_width / buckets
+    chart.x_ticks = [Tick(round(chart.left + i * slot, 2), (start + dt.timedelta(seconds=width_s * i)).strftime(fmt))
+                     for i in range(0, buckets, every)]
+    return chart
+
+
+def _ranked(series: dict[str, list[int]], buckets: int,
+            max_series: int) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """The series drawn, busiest first, and their colours: the busiest agents get their own colour; the rest
+    share one bar segment."""
+    ranked = sorted(series.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    if len(ranked) > max_series:
+        kept = ranked[: max_series - 1]
+        rest = [sum(counts[i] for _, counts in ranked[max_series - 1:]) for i in range(buckets)]
+        ranked = [*kept, (f"{len(series) - len(kept)} other agents", rest)]
+    colours = [*PALETTE[: len(ranked)]]
+    if len(series) > max_series:
+        colours[-1] = OTHER_COLOUR
+    return ranked, colours
+
+
+def _lay_bars(chart: Chart, ranked: list[tuple[str, list[int]]], colours: list[str], refused: list[int],
+              buckets: int, scale: float, start: dt.datetime, width_s: float) -> None:
+    """Each bucket's stacked bar of reads, and its refused bar (with its count) in the strip under the plot."""
+    slot = chart.plot_width / buckets
+    gap = min(2.0, slot * 0.2)
     for i in range(buckets):
         x = chart.left + i * slot + gap / 2
         y = chart.baseline
@@ -159,10 +180,3 @@ def build(activity: dict[str, Any], max_series: int = len(PALETTE)) -> Chart:
             chart.refused_bars.append(Bar(round(x, 2), round(y, 2), round(slot - gap, 2), round(h, 2),
                                           REFUSED_COLOUR, f"{refused[i]} refused from {moment} UTC"))
             chart.refused_counts.append(Count(round(x + (slot - gap) / 2, 2), round(y - 3, 2), str(refused[i])))
-    chart.y_ticks = [Tick(round(chart.baseline - v * scale, 2), str(v)) for v in range(0, top + 1, step)]
-    span = (_parse(until) - start).total_seconds()
-    fmt = "%H:%M" if span <= 86400 * 1.5 else "%m-%d %H:%M"
-    every = max(1, buckets // 8)
-    chart.x_ticks = [Tick(round(chart.left + i * slot, 2), (start + dt.timedelta(seconds=width_s * i)).strftime(fmt))
-                     for i in range(0, buckets, every)]
-    return chart

@@ -29,7 +29,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from gateway.common.textsafe import multiline
-from gateway.core.pipeline import Answer, Gateway, ReadRequest
+from gateway.core.pipeline import Gateway
+from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
 from gateway.transports.http import new_request_id, read_body
 from gateway.transports.review import chart
