@@ -26,7 +26,7 @@ from connectors.base import (
     bound_values,
 )
 from connectors.memory.terms import Column, Match, Row, condition
-from connectors.memory.values import CURSOR, jsonable, tag, untag
+from connectors.values import CURSOR, jsonable, tag, untag
 
 NO_SQL = "SQL mode needs a SQL source"
 

@@ -3,16 +3,14 @@ it, LIKE patterns, and a request's values checked and coerced for their column."
 
 from __future__ import annotations
 
-import datetime as dt
 import operator
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connectors.base import LIST_OPERATORS, MAX_LIST_VALUES, ColumnInfo, Filter, InvalidQuery
+from connectors.values import coerce, sendable
 
 Row = Mapping[str, Any]
 Match = Callable[[Row], bool]
@@ -50,7 +48,7 @@ def condition(col: Column, f: Filter) -> Match:
         inside = op == "in"
         return lambda row: (v := row.get(name)) is not None and (v in values) is inside
     if op == "like":
-        if not isinstance(f.value, str) or not _sendable(f.value):
+        if not isinstance(f.value, str) or not sendable(f.value):
             raise InvalidQuery(f"'like' on {name!r} takes a string pattern")
         if col.kind is not str:
             raise InvalidQuery(f"'like' applies to text columns, not to {name!r} ({col.info.type})")
@@ -84,67 +82,5 @@ def _like(pattern: str) -> re.Pattern[str]:
 
 def _coerce(col: Column, value: Any) -> Any:
     """A JSON value -> the Python value compared with the column's, or InvalidQuery (the SQL connector's rules)."""
-    if value is None:
-        return None
-    if isinstance(value, (dict, list)):
-        raise InvalidQuery(f"a value for {col.name!r} must be a string, number or boolean")
     bad = InvalidQuery(f"{value!r} is not a valid value for {col.name!r} ({col.info.type})")
-    kind = col.kind
-    try:
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
-                raise bad
-            return value
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad
-            return float(value)
-        if kind is Decimal:
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise bad
-            number = Decimal(str(value))
-            if not number.is_finite():
-                raise bad
-            return number
-        if kind is str:
-            if not isinstance(value, str) or not _sendable(value):
-                raise bad
-            return value
-        if kind in (dt.datetime, dt.date, dt.time):
-            return _moment(col, value, bad)
-        if kind is uuid.UUID:
-            return uuid.UUID(str(value))
-    except (ValueError, InvalidOperation, TypeError, OverflowError):
-        raise bad from None
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and _sendable(value)):
-        return value
-    raise bad
-
-
-def _moment(col: Column, value: Any, bad: InvalidQuery) -> Any:
-    if not isinstance(value, str):
-        raise bad
-    if col.kind is dt.date:
-        return dt.date.fromisoformat(value)
-    if col.kind is dt.time:
-        return dt.time.fromisoformat(value)
-    moment = dt.datetime.fromisoformat(value)
-    if col.aware:
-        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
-def _sendable(text: str) -> bool:
-    """Text a SQL source could take: no NUL, no lone surrogate."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
+    return coerce(value, col.kind, col.name, bad, col.aware)

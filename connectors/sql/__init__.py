@@ -3,7 +3,7 @@
     engine      make_engine (read-only, time-limited sessions; the source's one pool), seed_sqlite
     connector   SqlConnector, the TableSource: reflection, reads, SQL mode's SELECTs
     statements  building a read's SELECT: checked identifiers, bound values, keyset positions, row filters
-    values      coercing request values, JSON-ready answers, typed cursor keys
+    values      a column's Python kind and bad-value message for connectors.values; JSON-ready rows
     reading     connections per read, results a slice at a time, driver errors as the connector's
     pgreader    PostgreSQL reads on asyncpg, on connections borrowed from the engine's pool
     shapes      the statements kept per query shape and the bounds of their caches

@@ -50,7 +50,8 @@ from connectors.sql.shapes import (
     precompile,
 )
 from connectors.sql.statements import Binds, Keys, build, column_of, condition
-from connectors.sql.values import coerce, is_bool, json_rows, tag, type_name
+from connectors.sql.values import coerce, is_bool, json_rows, type_name
+from connectors.values import tag
 
 
 class SqlConnector:

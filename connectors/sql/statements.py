@@ -32,7 +32,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import NullType, TypeEngine
 
 from connectors.base import LIST_OPERATORS, MAX_LIST_VALUES, Filter, InvalidQuery, TableQuery
-from connectors.sql.values import coerce, python_type, sendable, type_name, untag
+from connectors.sql.values import coerce, python_type, type_name
+from connectors.values import CURSOR, sendable, untag
 
 # The columns a page is positioned on, each with its direction (True: descending).
 Keys = list[tuple[Column[Any], bool]]
@@ -80,11 +81,11 @@ def _position(after: Any, keys: Keys | None, b: Binds) -> tuple[Any, Any]:
     if keys is None:
         position = after.get("o") if isinstance(after, dict) else None
         if not isinstance(position, int) or isinstance(position, bool) or position < 0:
-            raise InvalidQuery("the cursor does not fit this query")
+            raise InvalidQuery(CURSOR)
         return b.offset(position), None
     values = after.get("k") if isinstance(after, dict) else None
     if not isinstance(values, list) or len(values) != len(keys):
-        raise InvalidQuery("the cursor does not fit this query")
+        raise InvalidQuery(CURSOR)
     return None, _after(keys, [untag(v) for v in values], b)
 
 
