@@ -148,8 +148,10 @@ class HttpSource(Protocol):
 
     name: str
 
-    async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None) -> HttpAnswer:
-        """The source's answer for `{base}{prefix}/{raw_path}?{raw_query}`, the path confined to the prefix."""
+    async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None,
+                  traceparent: str | None = None) -> HttpAnswer:
+        """The source's answer for `{base}{prefix}/{raw_path}?{raw_query}`, the path confined to the prefix;
+        `traceparent` (W3C) sent along, so the source's own trace joins the agent's."""
         ...
 
     async def close(self) -> None: ...

@@ -145,9 +145,12 @@ class HttpConnector:
         target = full + (f"?{query}" if query else "")
         return self.base.copy_with(raw_path=target.encode("ascii"), fragment=None)
 
-    async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None) -> HttpAnswer:
+    async def get(self, prefix: str, raw_path: str, raw_query: str = "", *, accept: str | None = None,
+                  traceparent: str | None = None) -> HttpAnswer:
         url = self.url_for(prefix, raw_path, raw_query)
         headers = {"User-Agent": "agentgate"}
+        if traceparent:  # made by the gateway (common/tracing.py), never the agent's header as it came
+            headers["traceparent"] = traceparent
         if accept:
             # Sent as it came, so it must be what a header may carry: visible ASCII, spaces and tabs. httpx encodes
             # header values as ASCII (a latin-1 `é` failed there, a 500); a control character could split it.

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from connectors.base import HttpSource, TableSource
 from gateway.audit import AuditTrail, ChainWatch, Checkpointer
 from gateway.auth import Authenticator
+from gateway.common import tracing
 from gateway.common.metrics import Metrics
 from gateway.config import Settings, find_config, load_settings
 from gateway.core.operations import SERVED
@@ -32,9 +33,10 @@ from gateway.services.reloader import PolicyReloader, load_checked_policy
 from gateway.services.revocations import Registry
 from gateway.sources.opening import check_tables, open_http_sources, open_sources
 from gateway.store import StoreSync, create_tables, make_store_engine, shared_secret
-from gateway.transports import admin, data, ops
+from gateway.transports import admin, data, openapi, ops, wellknown
 from gateway.transports import mcp as mcp_server
 from gateway.transports.caller import TrustedProxies
+from gateway.transports.http import stamped
 from gateway.transports.review import routes as web_routes
 
 __all__ = ["app_from_env", "create_app", "load_checked_policy"]
@@ -51,12 +53,16 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = data.query_route(scope)
+        if scope["type"] == "http":  # a 401 says where to sign in (transports/wellknown.py)
+            send = wellknown.challenging(scope, self.state, send)
         try:
             # Not while starting (no gateway yet), nor if middleware was ever added: it must see every request.
             if name is not None and self.serving and not self.user_middleware:
                 scope["app"] = self
                 await data.query_asgi(self.state, name, scope, receive, send)
                 return
+            if scope["type"] == "http":  # every answer carries X-Request-Id (and the core's traceparent)
+                send = stamped(scope, send)
             waiting = None if self.serving else getattr(self.state, "waiting", None)
             if waiting is not None and scope["type"] == "http" and await waiting.answer(scope, receive, send):
                 return
@@ -70,6 +76,7 @@ class GatewayApp(Starlette):
 def create_app(settings: Settings, *, watch_policy: bool = True, wait_for_store: float | None = None) -> Starlette:
     """`wait_for_store`: seconds to wait for a store not there at start (serve --wait-for-store), answering
     503 meanwhile (gateway/runtime/storewait.py); None: the store is there, or the start fails."""
+    tracing.configure(os.environ)  # spans exported when agentgate[otel] is installed and OTEL_* ask for them
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,7 +112,8 @@ def create_app(settings: Settings, *, watch_policy: bool = True, wait_for_store:
             yield
 
     mcp_route = Route("/mcp", mcp_server.McpEndpoint())
-    return GatewayApp(routes=[mcp_route, *data.routes, *admin.routes, *ops.routes, *web_routes.routes],
+    return GatewayApp(routes=[mcp_route, *data.routes, *admin.routes, *ops.routes, *wellknown.routes,
+                              *openapi.routes(sql=settings.sql.enabled), *web_routes.routes],
                      lifespan=lifespan)
 
 

@@ -46,7 +46,7 @@ class AuditRecord:
     token_id: str | None = None  # the verified token's jti: what `revoke token` takes
     client: str | None = None  # the caller's address (a trusted proxy's X-Forwarded-For), or "cli"
     user_agent: str | None = None  # capped (textsafe.cap)
-    trace_id: str | None = None  # the W3C traceparent's trace-id, when the request carried a valid one
+    trace_id: str | None = None  # the request's W3C trace id: its traceparent's, else a new one (common/tracing.py)
     # When `query` was capped (bounded_query): the length in bytes and the SHA-256 of the whole text or body.
     query_bytes: int | None = None
     query_sha256: str | None = None

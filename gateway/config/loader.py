@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -42,7 +44,8 @@ MAX_LEEWAY_SECONDS = 30.0
 CONFIG_KEYS: dict[str, set[str]] = {
     "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost", "limits"},
     "server": {"host", "port", "max_body_bytes", "forwarded_allow_ips", "header_timeout_seconds",
-               "body_timeout_seconds", "keep_alive_seconds", "max_connections", "max_header_bytes"},
+               "body_timeout_seconds", "keep_alive_seconds", "max_connections", "max_header_bytes",
+               "public_url"},
     "limits": {"failed_auth_per_minute", "failed_auth_burst", "failed_auth_records_per_minute",
                "failed_auth_clients", "summary_seconds", "refusal_delay_seconds"},
     "sql": {"enabled"},
@@ -132,6 +135,7 @@ def _server(reader: Reader, s: dict[str, Any]) -> ServerSettings:
         keep_alive_seconds=float(reader.positive(s, "server.keep_alive_seconds", 5.0)),
         max_connections=reader.positive(s, "server.max_connections", 1024),
         max_header_bytes=reader.positive(s, "server.max_header_bytes", 65_536),
+        public_url=_public_url(reader, s),
     )
     if not 0 <= server.port <= 65535:
         raise ConfigError(reader.path, "server.port", "must be between 0 and 65535")
@@ -253,6 +257,28 @@ def _proxies(reader: Reader, s: dict[str, Any]) -> tuple[str, ...]:
                                   'address or network (e.g. 10.0.0.0/8), nor "*"') from None
         out.append(item)
     return tuple(out)
+
+
+# A host (a name, an IPv4 address or a bracketed IPv6 one) and a port: what may stand in a quoted header value.
+_ORIGIN = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?", re.ASCII)
+
+
+def _public_url(reader: Reader, s: dict[str, Any]) -> str | None:
+    """[server] public_url: an http(s) origin (scheme, host, optional port), no path, query or credentials; the
+    OAuth metadata lives at the host's root (RFC 9728), so a gateway behind a path prefix cannot be named."""
+    raw = reader.get(s, "server.public_url", str, None)
+    if raw is None:
+        return None
+    url = urlsplit(raw.strip())
+    try:
+        url.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        url = url._replace(netloc="")
+    if url.scheme not in ("http", "https") or not url.hostname or not _ORIGIN.fullmatch(url.netloc) \
+            or url.path not in ("", "/") or url.query or url.fragment:
+        raise ConfigError(reader.path, "server.public_url", "must be an http(s) URL with no path, e.g. "
+                          "https://agentgate.example.com")
+    return f"{url.scheme}://{url.netloc.lower()}"
 
 
 def _auth(reader: Reader, a: dict[str, Any], base: Path) -> AuthSettings:

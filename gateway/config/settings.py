@@ -45,6 +45,9 @@ class ServerSettings:
     keep_alive_seconds: float = 5.0
     max_connections: int = 1024
     max_header_bytes: int = 65_536
+    # The gateway's URL as clients reach it (scheme://host[:port]): the protected resource OAuth metadata
+    # names (transports/wellknown.py). None: taken from each request's scheme and Host header.
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)

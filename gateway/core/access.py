@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 from connectors.base import Filter
 from gateway.auth import Agent
-from gateway.common import inputs
+from gateway.common import inputs, tracing
 from gateway.common.errors import NOT_ALLOWED, ApprovalPending, BadRequest, Forbidden
 from gateway.core.query import parse_body
 from gateway.core.record import query_text
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Trace
-from gateway.policy import Dataset, Policy, rowfilters
+from gateway.policy import Dataset, Decision, Policy, rowfilters
 from gateway.services import approvals
 
 # One answer for "denied" and "no such dataset", so dataset names do not leak.
@@ -30,7 +30,7 @@ async def readable(policy: Policy, agent: Agent, name: str | None, trace: Trace,
     ds = policy.catalog.get(name) if name else None
     if ds is None:
         raise Forbidden(FORBIDDEN, reason="no such dataset")
-    decision = await policy.may_read(agent.name, ds)
+    decision = await tracing.spanned(trace.span, tracing.DECIDE, policy.may_read(agent.name, ds), said)
     trace.rule = decision.rule
     if not decision.allowed:
         raise Forbidden(FORBIDDEN, reason=decision.reason)
@@ -42,6 +42,11 @@ async def readable(policy: Policy, agent: Agent, name: str | None, trace: Trace,
                         reason="approval required")
     trace.cleared += (ds.name,)
     return ds
+
+
+def said(decision: Decision) -> dict[str, bool | str | None]:
+    """A decision as its span says it (common/tracing.py)."""
+    return {"agentgate.allowed": decision.allowed, "agentgate.rule": decision.rule}
 
 
 def rows_for(policy: Policy, agent: Agent, ds: Dataset) -> bool:

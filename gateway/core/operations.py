@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from gateway import sqlmode
 from gateway.auth import Agent
-from gateway.core import reads, sqlread
+from gateway.core import query, reads, sqlread
 from gateway.core.admin import approvals, revocations, trail
+from gateway.core.schemas import Param
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
 from gateway.policy import Policy
@@ -29,6 +32,9 @@ Handler = Callable[[Services, ReadRequest, Agent, Policy, Trace], Awaitable[Resu
 class HttpRoute:
     method: str
     path: str  # a Starlette route's path (transports/data.py registers the `anypath` convertor)
+    # The path's and query string's parameters as the handler reads them (the OpenAPI document's); a path
+    # parameter not declared here is a string.
+    params: tuple[Param, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,9 @@ class Operation:
     permission: tuple[str, str] | None = None
     http: HttpRoute | None = None  # where HTTP serves it
     tool: str | None = None  # MCP: the tool that stands for it
+    # The JSON body it reads, as the JSON Schema its parser's module states (the OpenAPI document's); required
+    # when the schema refuses an empty object (`required`, `minProperties`).
+    body: Mapping[str, Any] | None = None
 
 
 _REVOCATIONS = ("admin:revocations", "write")
@@ -48,12 +57,12 @@ _AUDIT = ("admin:audit", "read")
 _APPROVALS_READ, _APPROVALS_WRITE = ("admin:approvals", "read"), ("admin:approvals", "write")
 
 
-def _get(path: str) -> HttpRoute:
-    return HttpRoute("GET", path)
+def _get(path: str, *params: Param) -> HttpRoute:
+    return HttpRoute("GET", path, params)
 
 
-def _post(path: str) -> HttpRoute:
-    return HttpRoute("POST", path)
+def _post(path: str, *params: Param) -> HttpRoute:
+    return HttpRoute("POST", path, params)
 
 
 # In route order: a path is matched before the next (/admin/v1/audit/verify before /admin/v1/audit/{id}).
@@ -61,26 +70,32 @@ ALL: tuple[Operation, ...] = (
     # Data: authorised per dataset by their handlers.
     Operation("list", "list", reads.list_datasets, http=_get("/v1/datasets"), tool="list_datasets"),
     Operation("describe", "describe", reads.describe, http=_get("/v1/datasets/{name}"), tool="describe_dataset"),
-    Operation("query", "read", reads.query, http=_post("/v1/datasets/{name}/query"), tool="query_dataset"),
+    Operation("query", "read", reads.query, http=_post("/v1/datasets/{name}/query"), tool="query_dataset",
+              body=query.BODY_SCHEMA),
     Operation("proxy", "read", reads.proxy, http=_get("/v1/datasets/{name}/proxy/{path:anypath}")),
-    Operation("sql", "read", sqlread.sql, http=_post("/v1/sql"), tool="sql"),
+    Operation("sql", "read", sqlread.sql, http=_post("/v1/sql"), tool="sql", body=sqlmode.BODY_SCHEMA),
     # Admin: one fixed permission each.
     Operation("list_revocations", "list_revocations", revocations.list_revocations, _REVOCATIONS,
               http=_get("/admin/v1/revocations")),
-    Operation("revoke", "revoke", revocations.revoke, _REVOCATIONS, http=_post("/admin/v1/revocations")),
+    Operation("revoke", "revoke", revocations.revoke, _REVOCATIONS, http=_post("/admin/v1/revocations"),
+              body=revocations.BODY_SCHEMA),
     Operation("restore", "restore", revocations.restore, _REVOCATIONS,
-              http=HttpRoute("DELETE", "/admin/v1/revocations/{id}")),
-    Operation("read_audit", "read_audit", trail.read_audit, _AUDIT, http=_get("/admin/v1/audit")),
-    Operation("audit_verify", "verify_audit", trail.audit_verify, _AUDIT, http=_get("/admin/v1/audit/verify")),
-    Operation("audit_activity", "read_audit", trail.audit_activity, _AUDIT, http=_get("/admin/v1/audit/activity")),
-    Operation("audit_export", "export_audit", trail.audit_export, _AUDIT, http=_get("/admin/v1/audit/export")),
-    Operation("audit_record", "read_audit", trail.audit_record, _AUDIT, http=_get("/admin/v1/audit/{id}")),
+              http=HttpRoute("DELETE", "/admin/v1/revocations/{id}", (revocations.PATH_ID,))),
+    Operation("read_audit", "read_audit", trail.read_audit, _AUDIT, http=_get("/admin/v1/audit", *trail.FILTER_PARAMS)),
+    Operation("audit_verify", "verify_audit", trail.audit_verify, _AUDIT,
+              http=_get("/admin/v1/audit/verify", *trail.VERIFY_PARAMS)),
+    Operation("audit_activity", "read_audit", trail.audit_activity, _AUDIT,
+              http=_get("/admin/v1/audit/activity", *trail.ACTIVITY_PARAMS)),
+    Operation("audit_export", "export_audit", trail.audit_export, _AUDIT,
+              http=_get("/admin/v1/audit/export", *trail.EXPORT_PARAMS)),
+    Operation("audit_record", "read_audit", trail.audit_record, _AUDIT,
+              http=_get("/admin/v1/audit/{id}", trail.PATH_ID)),
     Operation("list_approvals", "list_approvals", approvals.list_approvals, _APPROVALS_READ,
-              http=_get("/admin/v1/approvals")),
+              http=_get("/admin/v1/approvals", *approvals.LIST_PARAMS)),
     Operation("approve", "approve", approvals.approve, _APPROVALS_WRITE,
-              http=_post("/admin/v1/approvals/{id}/approve")),
+              http=_post("/admin/v1/approvals/{id}/approve", approvals.PATH_ID)),
     Operation("deny_approval", "deny", approvals.deny_approval, _APPROVALS_WRITE,
-              http=_post("/admin/v1/approvals/{id}/deny")),
+              http=_post("/admin/v1/approvals/{id}/deny", approvals.PATH_ID)),
     # The command line's own, recorded by it (`agentgate audit prune`, `agentgate reload`).
     Operation("prune", "prune"),
     Operation("reload", "reload"),

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from connectors.base import HttpAnswer, HttpSource, TableSource
 from gateway.audit import AuditTrail, ChainWatch
 from gateway.auth import Agent, Authenticator
+from gateway.common import tracing
 from gateway.common.clock import now
 from gateway.common.errors import (
     ApprovalPending,
@@ -33,6 +34,7 @@ from gateway.common.errors import (
 )
 from gateway.common.metrics import SEVERAL, UNKNOWN, Metrics
 from gateway.common.textsafe import cap, terminal
+from gateway.core import access
 from gateway.core.faults import failure_kind, source_of
 from gateway.core.operations import OPERATIONS, Operation
 from gateway.core.query import CursorCodec
@@ -90,7 +92,8 @@ class Gateway:
         started = time.perf_counter()
         op = OPERATIONS.get(req.operation)
         action = op.action if op is not None else req.operation
-        trace = Trace(dataset=req.dataset, query=req.recorded_query)
+        span = tracing.begin(req.operation, req.trace_id, req.parent_span, req.trace_flags)
+        trace = Trace(dataset=req.dataset, query=req.recorded_query, span=span)
         outcome = await self._outcome(req, op, trace)
         raw = trace.raw if outcome.decision == "allow" else None
         if raw is not None:  # the source's own answer, passed through byte for byte
@@ -106,6 +109,7 @@ class Gateway:
                                   time.perf_counter() - started)
             if limited.retry_after:
                 await self.refusals.hold()  # a client over its limit is answered at a pace (ratelimit.py)
+            _traced(req, trace, outcome)
             return Answer(status=outcome.status, body=body, payload=outcome.payload, headers=outcome.headers)
         streamed = trace.stream is not None and outcome.status == 200  # an export: its bytes leave after the record
         digest = None if streamed else await sha256(body)
@@ -113,7 +117,7 @@ class Gateway:
                               elapsed=time.perf_counter() - started)
         recording = time.perf_counter()
         try:
-            await self.audit.record(record)
+            await tracing.spanned(span, tracing.AUDIT_WRITE, self.audit.record(record))
         except Unavailable as exc:
             self.metrics.audit_failures.inc()
             outcome.status, outcome.decision, outcome.headers = 503, "error", {}
@@ -122,6 +126,7 @@ class Gateway:
         done = time.perf_counter()
         self.metrics.answered(req.operation, outcome.decision, _metric_dataset(trace), done - started,
                               done - recording)
+        _traced(req, trace, outcome)
         return _answer(outcome, body, trace if streamed else None, raw)
 
     async def _outcome(self, req: ReadRequest, op: Operation | None, trace: Trace) -> Outcome:
@@ -133,7 +138,8 @@ class Gateway:
         try:
             if req.body_too_large:
                 raise TooLarge("the request body is over the size limit")
-            trace.agent = agent = await self.auth.authenticate(req.authorization)
+            trace.agent = agent = await tracing.spanned(trace.span, tracing.AUTHENTICATE,
+                                                        self.auth.authenticate(req.authorization))
             await self.revocations.wait_current()  # at once, unless the view's last proof is too old
             self.admit(agent)
             if req.route_error is not None:
@@ -161,7 +167,8 @@ class Gateway:
             raise BadRequest(f"unknown operation {req.operation!r}")
         if op.permission is not None:
             obj, act = op.permission
-            decision = await policy.decide(agent.name, obj, act)
+            decision = await tracing.spanned(trace.span, tracing.DECIDE, policy.decide(agent.name, obj, act),
+                                             access.said)
             trace.rule = decision.rule
             if not decision.allowed:
                 raise Forbidden(f"not allowed: {act} on {obj}", reason=decision.reason)
@@ -194,6 +201,8 @@ class Gateway:
             payload["error"]["approval_id"] = payload["approval_id"] = exc.approval_id
         headers = dict(exc.headers)
         if exc.status == 401:
+            # Completed on the way out with where to sign in and whether a token was sent (transports/wellknown.py):
+            # the URL is the request's (its Host, or [server] public_url), which the core is not told.
             headers["WWW-Authenticate"] = 'Bearer realm="agentgate"'
         return Outcome(exc.status, exc.decision, payload, headers, work_unit, limited)
 
@@ -207,6 +216,20 @@ def _answer(outcome: Outcome, body: bytes, streamed: Trace | None, raw: HttpAnsw
         return Answer(status=outcome.status, body=body, payload=None, headers=outcome.headers,
                       media_type=raw.content_type or "application/octet-stream")
     return Answer(status=outcome.status, body=body, payload=outcome.payload, headers=outcome.headers)
+
+
+def _traced(req: ReadRequest, trace: Trace, outcome: Outcome) -> None:
+    """The answer names the gateway's span (traceparent); an exported span ends with what the request came to."""
+    span = trace.span
+    assert span is not None
+    outcome.headers["traceparent"] = span.traceparent
+    if span.otel is not None:
+        tracing.finish(span, {
+            "agentgate.request_id": req.request_id, "agentgate.operation": req.operation,
+            "agentgate.transport": req.transport, "agentgate.dataset": _metric_dataset(trace) or None,
+            "agentgate.agent": trace.agent.name if trace.agent is not None else None,
+            "agentgate.decision": outcome.decision, "agentgate.status": outcome.status},
+            failed=outcome.status >= 500)
 
 
 def _metric_dataset(trace: Trace) -> str:

@@ -1,9 +1,11 @@
 """The query body of POST /v1/datasets/{name}/query: parsing, and the opaque cursor.
 
 Parsing checks shapes only; names are checked against the reflected table and
-the agent's rights in core.py. Cursors are encrypted and authenticated with a
-key kept in the store, so they work on any replica, cannot be forged, and do
-not show the key values they carry (which may belong to masked columns).
+the agent's rights in core.py. BODY_SCHEMA states the same body as JSON Schema,
+from the parser's own limits (the OpenAPI document shows it). Cursors are
+encrypted and authenticated with a key kept in the store, so they work on any
+replica, cannot be forged, and do not show the key values they carry (which
+may belong to masked columns).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from connectors.base import (
     LIST_OPERATORS,
     MAX_BOUND_VALUES,
+    MAX_LIST_VALUES,
     NULL_OPERATORS,
     OPERATORS,
     Filter,
@@ -33,9 +36,53 @@ from gateway.common.inputs import json_body
 from gateway.common.randomness import random_bytes
 
 DEFAULT_LIMIT = 100
-_KEYS = {"columns", "where", "order_by", "limit", "cursor"}
 MAX_COLUMNS = 500
 MAX_TERMS = 100
+MAX_ORDER_KEYS = 16
+MAX_CURSOR_CHARS = 8192
+
+
+def _any_case(operators: tuple[str, ...]) -> str:
+    """A pattern for `operators` in any case of their letters (the parser lowers an operator first)."""
+    assert all(c.isalpha() or c in " =!<>" for op in operators for c in op)  # nothing to escape
+    words = ("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in op) for op in operators)
+    return f"^(?:{'|'.join(words)})$"
+
+
+def _term(operators: tuple[str, ...], *value: dict[str, Any]) -> dict[str, Any]:
+    items = [{"type": "string", "description": "a column"}, {"type": "string", "pattern": _any_case(operators),
+                                                             "examples": list(operators)}, *value]
+    return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
+
+
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+_VALUED = tuple(op for op in OPERATORS if op not in NULL_OPERATORS and op not in LIST_OPERATORS)
+# The body as JSON Schema: what parse_query takes, from its own limits (and its keys are this schema's). Two
+# rules no JSON Schema states are in the descriptions: at most MAX_BOUND_VALUES values bound in all, and no
+# column ordered twice ("name" and "-name"). An `in` list's 1 to MAX_LIST_VALUES items are the source's rule.
+BODY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "description": f"Every key is optional; an empty body reads the first {DEFAULT_LIMIT} rows. Unknown keys are "
+                   f"a 400. The next page: the same body with `cursor` set to the answer's next_cursor.",
+    "properties": {
+        "columns": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                    "maxItems": MAX_COLUMNS, "uniqueItems": True, "description": "the columns to read (default: all)"},
+        "where": {"type": ["array", "null"], "maxItems": MAX_TERMS, "items": {"anyOf": [
+            _term(NULL_OPERATORS), _term(LIST_OPERATORS, {"type": "array", "items": _SCALAR, "minItems": 1,
+                                                          "maxItems": MAX_LIST_VALUES}),
+            _term(_VALUED, _SCALAR)]},
+            "description": f"[column, operator, value] terms, ANDed (no value for the `is null` forms); operators "
+                           f"in any case. At most {MAX_BOUND_VALUES} values in all, `in` lists included."},
+        "order_by": {"type": ["array", "null"], "maxItems": MAX_ORDER_KEYS, "items": {"type": "string",
+                                                                                     "pattern": "[^-]"},
+                     "description": "column names, `-name` for descending; each column once"},
+        "limit": {"type": ["integer", "null"], "minimum": 1, "default": DEFAULT_LIMIT,
+                  "description": "rows per page; above the dataset's max_rows it is lowered to it"},
+        "cursor": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_CURSOR_CHARS,
+                   "description": "the next_cursor of the previous page"},
+    },
+}
+_KEYS = frozenset(BODY_SCHEMA["properties"])
 
 
 @dataclass(frozen=True)
@@ -118,7 +165,8 @@ def _where(value: Any) -> tuple[Filter, ...]:
 def _order(value: Any) -> tuple[SortKey, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or len(value) > 16 or not all(isinstance(v, str) and v.strip("-") for v in value):
+    if not isinstance(value, list) or len(value) > MAX_ORDER_KEYS or not all(isinstance(v, str) and v.strip("-")
+                                                                             for v in value):
         raise BadRequest("'order_by' must be a list of column names, '-name' for descending")
     keys = tuple(SortKey(v[1:], True) if v.startswith("-") else SortKey(v, False) for v in value)
     if len({k.column for k in keys}) != len(keys):
@@ -135,7 +183,7 @@ def _limit(value: Any) -> int:
 
 
 def _cursor(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value or len(value) > 8192):
+    if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_CURSOR_CHARS):
         raise BadRequest("'cursor' must be the next_cursor string of a previous answer, or null")
     return value
 

@@ -10,6 +10,7 @@ from typing import Any
 from connectors.base import ColumnInfo, MissingTable, SourceTimedOut, SourceUnavailable, TableQuery
 from connectors.slices import in_slices
 from gateway.auth import Agent
+from gateway.common import tracing
 from gateway.common.errors import BadRequest, SourceError
 from gateway.core import access
 from gateway.core.faults import source_errors
@@ -23,7 +24,8 @@ async def list_datasets(services: Services, req: ReadRequest, agent: Agent, poli
     await services.meter.charge(agent.name, policy.budgets.for_agent(agent.name))
     out = []
     for ds in policy.catalog:
-        if (await policy.may_read(agent.name, ds)).allowed and access.rows_for(policy, agent, ds):
+        decided = await tracing.spanned(trace.span, tracing.DECIDE, policy.may_read(agent.name, ds), access.said)
+        if decided.allowed and access.rows_for(policy, agent, ds):
             out.append(await _described(services, ds))
     trace.rows = len(out)
     return 200, {"datasets": out}
@@ -47,12 +49,13 @@ async def proxy(services: Services, req: ReadRequest, agent: Agent, policy: Poli
     ds, _ = await _cleared(services, req, agent, policy, trace)
     if ds.approval == "required":
         trace.approved_by = await access.approved(services, req, agent, ds)
-    source = services.http_sources.get(ds.source)
-    if source is None or ds.path is None:
+    source, prefix = services.http_sources.get(ds.source), ds.path
+    if source is None or prefix is None:
         raise BadRequest(f"{ds.name!r} is not an HTTP dataset; read it through its query endpoint")
-    with source_errors():
-        got = await services.revocations.guarded(agent, source.get(
-            ds.path, req.params.get("path", ""), req.params.get("query", ""), accept=req.params.get("accept")))
+    with source_errors():  # the source is sent the trace on, the gateway's span as its parent
+        got = await tracing.passed_on(trace.span, tracing.SOURCE_READ, lambda parent: services.revocations.guarded(
+            agent, source.get(prefix, req.params.get("path", ""), req.params.get("query", ""),
+                              accept=req.params.get("accept"), traceparent=parent)))
     trace.source_ms = got.source_ms
     if got.status in (401, 407) or got.status >= 500:
         raise SourceError("the source failed", reason=f"source {ds.source!r} answered {got.status}")
@@ -125,7 +128,8 @@ async def _rows(services: Services, req: ReadRequest, agent: Agent, policy: Poli
                        limit=min(body.limit, ds.max_rows), after=after,
                        scope=scope)
     with source_errors():
-        page = await services.revocations.guarded(agent, source.fetch(asked))
+        page = await tracing.spanned(trace.span, tracing.SOURCE_READ,
+                                     services.revocations.guarded(agent, source.fetch(asked)))
     trace.source_ms = page.source_ms
     if masked:
         rows = await in_slices(page.rows, len(requested), lambda part: _masked(part, requested, hidden))

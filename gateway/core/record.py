@@ -39,7 +39,8 @@ def build_record(req: ReadRequest, trace: Trace, outcome: Outcome, body: bytes, 
         columns=orjson.dumps(trace.columns).decode() if trace.columns is not None else None,
         masked=orjson.dumps(trace.masked).decode() if trace.masked is not None else None, transport=req.transport,
         row_filter=trace.row_filter, token_id=cap(who.jti, TOKEN_ID_MAX) if who else None, client=req.client,
-        user_agent=req.user_agent, trace_id=req.trace_id, query_bytes=query_bytes, query_sha256=query_sha256)
+        user_agent=req.user_agent, trace_id=trace.span.trace_id if trace.span is not None else req.trace_id,
+        query_bytes=query_bytes, query_sha256=query_sha256)
 
 
 def query_text(req: ReadRequest) -> str | None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from connectors.base import TableSource
 from gateway import sqlmode
 from gateway.auth import Agent
+from gateway.common import tracing
 from gateway.common.errors import BadRequest, Forbidden
 from gateway.core import access
 from gateway.core.faults import source_errors
@@ -42,7 +43,8 @@ async def sql(services: Services, req: ReadRequest, agent: Agent, policy: Policy
     done = await sqlmode.off_loop(text, sqlmode.rewrite, tree, refs, plan, dialect)
     hidden_names, aliased = done.hidden, done.aliased
     with source_errors():
-        page = await services.revocations.guarded(agent, source.run_select(done.sql, done.limit, done.binds))
+        page = await tracing.spanned(trace.span, tracing.SOURCE_READ, services.revocations.guarded(
+            agent, source.run_select(done.sql, done.limit, done.binds)))
     trace.source_ms = page.source_ms
     columns = list(page.columns)
     masked = [c for c in columns if c in hidden_names or c in aliased]

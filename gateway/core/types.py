@@ -10,6 +10,7 @@ from typing import Any
 from connectors.base import HttpAnswer
 from gateway.auth import Agent
 from gateway.common.errors import GatewayError
+from gateway.common.tracing import RequestSpan
 from gateway.services.meter import Reservation
 from gateway.services.ratelimit import Verdict
 
@@ -27,10 +28,13 @@ class ReadRequest:
     transport: str = "http"
     route_error: GatewayError | None = None
     params: Mapping[str, str] = field(default_factory=dict)  # path and query parameters of admin calls
-    # Who called (gateway/transports/caller.py): the address (a trusted proxy's X-Forwarded-For), user agent, trace id.
+    # Who called (gateway/transports/caller.py): the address (a trusted proxy's X-Forwarded-For), user agent, and
+    # of its traceparent the trace id, its span (the gateway's span's parent) and flags; no trace id: a new trace.
     client: str | None = None
     user_agent: str | None = None
     trace_id: str | None = None
+    parent_span: str | None = None
+    trace_flags: str | None = None
     # What the record's `query` holds when the request is more than its body (an MCP tool call: its arguments
     # as sent, as JSON), until the operation names what it acted on (SQL mode: the statement).
     recorded_query: str | None = None
@@ -67,6 +71,7 @@ class Trace:
     raw: HttpAnswer | None = None  # a source's answer passed through as it came (HTTP datasets)
     cleared: tuple[str, ...] = ()  # the datasets the policy let this agent read (the only names /metrics shows)
     reserved: Reservation | None = None  # rows the budget set aside for the read, settled after it
+    span: RequestSpan | None = None  # the gateway's span of the request: the record's trace id (common/tracing.py)
 
 
 # What an operation's handler returns: the status, and the JSON payload (None: no body, or a stream / a source's

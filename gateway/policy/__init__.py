@@ -5,7 +5,7 @@ catalog.py (datasets.toml), decisions.py (who may do what), rowfilters.py (which
 (budgets.toml) are its parts. Import from here: ``from gateway.policy import Policy, load_policy``.
 """
 
-from gateway.policy.catalog import DATASET_KEYS, Catalog, Dataset, load_catalog
+from gateway.policy.catalog import APPROVALS, DATASET_KEYS, NAME_PATTERN, Catalog, Dataset, load_catalog
 from gateway.policy.decisions import CasbinEngine, Decision, Engine, IndexedEngine, Rule, build_enforcer
 from gateway.policy.limits import NO_BUDGETS, Budgets, Limits, load_budgets
 from gateway.policy.lint import approval_conflicts, failing_cases, lint
@@ -14,7 +14,9 @@ from gateway.policy.rowfilters import Claim, FilterSyntaxError, RowFilter, Scope
 from gateway.policy.snapshot import CaseResult, Policy, PolicyCase, PolicyHolder
 
 __all__ = [
+    "APPROVALS",
     "DATASET_KEYS",
+    "NAME_PATTERN",
     "NO_BUDGETS",
     "POLICY_FILES",
     "SHIPPED_MODEL",

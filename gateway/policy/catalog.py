@@ -15,7 +15,10 @@ from gateway.policy.rowfilters import FilterSyntaxError, RowFilter
 from gateway.policy.rowfilters import parse as parse_filter
 
 DEFAULT_MAX_ROWS = 1000
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+# A dataset's name (also the OpenAPI document's pattern of the {name} in a path).
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"
+_NAME = re.compile(NAME_PATTERN)
+APPROVALS = ("none", "required")  # a dataset's `approval`
 _CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 # Every key a [datasets.NAME] table takes; the README documents each (a test checks).
 DATASET_KEYS = {"source", "table", "path", "owner", "description", "max_rows", "approval", "columns",
@@ -92,7 +95,7 @@ def _dataset(path: Path, name: str, body: Any, sources: Mapping[str, SourceSetti
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= 100_000:
         raise ConfigError(path, f"{key}.max_rows", "must be a whole number from 1 to 100000")
     approval = body.get("approval", "none")
-    if approval not in ("none", "required"):
+    if approval not in APPROVALS:
         raise ConfigError(path, f"{key}.approval", 'must be "none" or "required"')
     table, prefix = _location(path, key, body, source_name, source.kind)
     classes = _column_classes(path, key, body.get("columns", {}))

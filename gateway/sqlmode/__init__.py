@@ -20,6 +20,7 @@ Import from here: ``from gateway import sqlmode``, then ``sqlmode.parse(...)``.
 from gateway.sqlmode.parsing import (
     ALLOWED_FUNCTIONS,
     ALLOWED_NODES,
+    BODY_SCHEMA,
     DIALECTS,
     LITERALS,
     MAX_SQL_CHARS,
@@ -50,6 +51,7 @@ from gateway.sqlmode.rewrite import (
 __all__ = [
     "ALLOWED_FUNCTIONS",
     "ALLOWED_NODES",
+    "BODY_SCHEMA",
     "DIALECTS",
     "LITERALS",
     "MAX_SQL_CHARS",

@@ -74,6 +74,18 @@ _TOKENS = re.compile(r"\w+|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|\S"
 _VALUES = (exp.Literal, exp.HexString, exp.BitString, exp.Null, exp.Boolean)
 
 
+# The body as JSON Schema (the OpenAPI document's): what parse_body takes, from its own limit. A NUL or a lone
+# surrogate in the text (no driver can send them) is refused too; the pattern states the NUL only.
+BODY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["sql"],
+    "properties": {"sql": {
+        "type": "string", "minLength": 1, "maxLength": MAX_SQL_CHARS,
+        "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+        "description": "one SELECT (or a UNION / INTERSECT / EXCEPT of SELECTs) in which datasets stand as tables",
+        "examples": ["SELECT country, count(*) AS n FROM some_dataset GROUP BY country"]}},
+}
+
+
 def parse_body(body: bytes | None) -> str:
     """The body {"sql": "SELECT ..."} -> the SQL text; anything else is a 400."""
     if not body:
@@ -81,7 +93,7 @@ def parse_body(body: bytes | None) -> str:
     data = json_body(body)
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object {"sql": "SELECT ..."}')
-    unknown = sorted(set(data) - {"sql"})
+    unknown = sorted(set(data) - set(BODY_SCHEMA["properties"]))
     if unknown:
         raise BadRequest(f"unknown keys in the body: {', '.join(map(repr, unknown))}")
     sql = data.get("sql")

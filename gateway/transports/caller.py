@@ -1,4 +1,5 @@
-"""Who called, for the audit record: the caller's address, its user agent and its W3C trace id.
+"""Who called, for the audit record: the caller's address, its user agent and its W3C trace context (the trace id,
+and the agent's span the gateway's span is a child of; core/pipeline.py starts a new trace when there is none).
 
 The address is the TCP peer's. A proxy's X-Forwarded-For is believed only when the peer is one of the
 proxies named in ``[server] forwarded_allow_ips`` (as uvicorn's setting of that name, which `serve` turns
@@ -17,7 +18,7 @@ from gateway.common.textsafe import cap
 
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is invalid, and version 00
 # has nothing after the flags (later versions may add fields, after a dash).
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?", re.ASCII | re.DOTALL)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL)
 _ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
 _XFF_MAX_HOPS = 64  # hops of X-Forwarded-For looked at, from the right: headers are bounded, stay bounded here
 _SEEN_MAX = 4096  # addresses remembered, parsed and judged
@@ -30,7 +31,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class Caller:
     client: str | None = None
     user_agent: str | None = None
+    # Of a valid W3C traceparent (else None): the trace, the agent's span (the gateway's span's parent), flags.
     trace_id: str | None = None
+    parent_span: str | None = None
+    trace_flags: str | None = None
 
 
 class TrustedProxies:
@@ -104,23 +108,27 @@ def _address(text: str | None) -> Address | None:
         return None
 
 
-def trace_id(traceparent: str | None) -> str | None:
-    """The trace-id of a valid W3C traceparent header, else None."""
+_NO_PARENT = (None, None, None)
+
+
+def trace_parent(traceparent: str | None) -> tuple[str, str, str] | tuple[None, None, None]:
+    """(trace-id, parent-id, flags) of a valid W3C traceparent header, else three Nones."""
     if not traceparent or len(traceparent) > 512:
-        return None
+        return _NO_PARENT
     m = _TRACEPARENT.fullmatch(traceparent.strip(" \t"))
     if m is None:
-        return None
-    version, trace, parent, rest = m.groups()
+        return _NO_PARENT
+    version, trace, parent, flags, rest = m.groups()
     if version == "ff" or (version == "00" and rest is not None) or trace == _ZERO_TRACE or parent == _ZERO_PARENT:
-        return None
-    return trace
+        return _NO_PARENT
+    return trace, parent, flags
 
 
 def caller(peer: str | None, proxies: TrustedProxies, *, forwarded_for: str | None, user_agent: str | None,
            traceparent: str | None) -> Caller:
-    return Caller(client=proxies.client(peer, forwarded_for), user_agent=cap(user_agent),
-                  trace_id=trace_id(traceparent))
+    trace, parent, flags = trace_parent(traceparent)
+    return Caller(client=proxies.client(peer, forwarded_for), user_agent=cap(user_agent), trace_id=trace,
+                  parent_span=parent, trace_flags=flags)
 
 
 _CALLER_HEADERS = {b"x-forwarded-for", b"user-agent", b"traceparent"}

@@ -20,7 +20,7 @@ from gateway.core import operations
 from gateway.core.pipeline import Gateway
 from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
-from gateway.transports.http import new_request_id, raw_json, read_asgi_body, read_body
+from gateway.transports.http import exchange, new_request_id, raw_json, read_asgi_body, read_body
 
 
 class AnyPath(PathConvertor):
@@ -39,7 +39,7 @@ async def handle(request: Request, operation: str, method: str, dataset: str | N
                  params: dict[str, str] | None = None, route_error: GatewayError | None = None) -> Response:
     """Build the ReadRequest for any route (data or admin) and send back the core's answer unchanged."""
     gateway: Gateway = request.app.state.gateway
-    request_id = new_request_id()
+    request_id = exchange(request.scope).call_id()  # the record's id is the answer's X-Request-Id
     if request.method != method:
         route_error = MethodNotAllowed(f"{request.method} is not allowed here; use {method}",
                                        headers={"Allow": method})
@@ -54,7 +54,8 @@ async def handle(request: Request, operation: str, method: str, dataset: str | N
         request_id=request_id, operation=operation, authorization=headers.get("authorization"),
         dataset=dataset, body=body, body_too_large=too_large, work_unit=headers.get("x-work-unit") or None,
         approval_id=headers.get("x-approval-id") or None, route_error=route_error, params=params or {},
-        client=who.client, user_agent=who.user_agent, trace_id=who.trace_id))
+        client=who.client, user_agent=who.user_agent, trace_id=who.trace_id, parent_span=who.parent_span,
+        trace_flags=who.trace_flags))
     return _response(answer, request_id)
 
 
@@ -103,7 +104,7 @@ async def query_asgi(state: Any, name: str, scope: Scope, receive: Receive, send
         request_id=request_id, operation=_QUERY.name, authorization=headers.get(b"authorization"), dataset=name,
         body=body, body_too_large=too_large, work_unit=headers.get(b"x-work-unit") or None,
         approval_id=headers.get(b"x-approval-id") or None, client=who.client, user_agent=who.user_agent,
-        trace_id=who.trace_id))
+        trace_id=who.trace_id, parent_span=who.parent_span, trace_flags=who.trace_flags))
     await _response(answer, request_id)(scope, receive, send)
 
 

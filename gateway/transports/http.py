@@ -3,16 +3,73 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.common import randomness
 
 
 def new_request_id() -> str:
     return randomness.request_id()
+
+
+# Where an HTTP request's Exchange is kept in its ASGI scope.
+_EXCHANGE = "agentgate.exchange"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP request as the gateway answers it: the request id its answer carries (X-Request-Id), which is
+    the record's request id of the first call to the core it leads to, and the traceparent the core gave that
+    call's answer. Kept in the ASGI scope, so that a route answering in its own way (the MCP SDK, the review
+    page's HTML, health checks) still answers with both (`stamped`)."""
+
+    request_id: str
+    taken: bool = False
+    traceparent: str | None = None
+
+    def call_id(self) -> str:
+        """The request id of a call to the core made for this request: the exchange's, then new ones."""
+        if self.taken:
+            return new_request_id()
+        self.taken = True
+        return self.request_id
+
+    def answered(self, headers: Mapping[str, str]) -> None:
+        """The core answered a call made for this request: its first answer's traceparent is the request's."""
+        if self.traceparent is None:
+            self.traceparent = headers.get("traceparent")
+
+
+def exchange(scope: Scope) -> Exchange:
+    """The request's Exchange (made on first use: `stamped` makes it for every request the app serves)."""
+    found: Exchange | None = scope.get(_EXCHANGE)
+    if found is None:
+        found = scope[_EXCHANGE] = Exchange(new_request_id())
+    return found
+
+
+def stamped(scope: Scope, send: Send) -> Send:
+    """`send`, the answer given X-Request-Id (the exchange's) and traceparent (the core's) where the route did
+    not set them: every answer carries a request id, records or not."""
+    ex = exchange(scope)
+
+    async def send_stamped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers: list[Any] = list(message.get("headers") or ())
+            have = {bytes(k).lower() for k, _ in headers}
+            if b"x-request-id" not in have:
+                headers.append((b"x-request-id", ex.request_id.encode()))
+            if ex.traceparent is not None and b"traceparent" not in have:
+                headers.append((b"traceparent", ex.traceparent.encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_stamped
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:

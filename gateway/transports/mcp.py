@@ -28,54 +28,29 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway import __version__
 from gateway.common.errors import BadRequest, GatewayError, NotFound
 from gateway.core import operations
 from gateway.core.pipeline import Gateway
 from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
-from gateway.transports.http import new_request_id, raw_json, read_asgi_body
+from gateway.transports.http import exchange, new_request_id, raw_json, read_asgi_body
+from gateway.transports.mcptools import (
+    DESCRIBE_TOOL,
+    DESCRIPTION,
+    INSTRUCTIONS,
+    LIST_TOOL,
+    NOT_BODY,
+    PASSED,
+    QUERY_TOOL,
+    SQL_TOOL,
+    TOOLS,
+)
 
 # The `sql` tool stands for the core's operation "sql" (SQL mode): offered only where the core has it.
 CORE_HAS_SQL = "sql" in operations.OPERATIONS
-# Arguments that are not the REST body: the dataset (REST's path) and the X-Work-Unit / X-Approval-Id headers.
-_PASS = {"work_unit": {"type": "string", "description": "the work unit this read serves (recorded in the audit)"},
-         "approval_id": {"type": "string", "description": "a person's approval, for datasets that need one"}}
-_NAME = {"name": {"type": "string", "minLength": 1, "description": "the dataset's name"}}
-
-
-def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    # additionalProperties false: what the tool does not take is refused (a misspelt `wher` would otherwise
-    # read unfiltered rows), and says so to clients that check arguments before sending them.
-    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
-
-
-LIST_TOOL = types.Tool(
-    name="list_datasets", description="The datasets this agent may read, with their columns.",
-    input_schema=_schema({}))
-DESCRIBE_TOOL = types.Tool(
-    name="describe_dataset", description="One dataset: description, owner, columns (with class and type), max_rows.",
-    input_schema=_schema(_NAME, ("name",)))
-QUERY_TOOL = types.Tool(
-    name="query_dataset",
-    description="Read rows of a dataset: columns, where ([[column, operator, value], ...]), order_by (column "
-                "names, '-name' for descending), limit, cursor (a page's next_cursor). "
-                "Columns this agent may not see come back null and are named in `masked`.",
-    input_schema=_schema({
-        **_NAME,
-        "columns": {"type": "array", "items": {"type": "string"}},
-        "where": {"type": "array", "items": {"type": "array"}},
-        "order_by": {"type": "array", "items": {"type": "string"}},
-        "limit": {"type": "integer", "minimum": 1},
-        "cursor": {"type": "string"},
-        **_PASS}, ("name",)))
-SQL_TOOL = types.Tool(
-    name="sql", description="One SELECT over datasets standing as tables (SQL mode); masked columns come back null.",
-    input_schema=_schema({"sql": {"type": "string"}, **_PASS}, ("sql",)))
-TOOLS = {tool.name: tool for tool in (LIST_TOOL, DESCRIBE_TOOL, QUERY_TOOL, SQL_TOOL)}
-# The operation each tool stands for (core.operations declares its tool); the arguments it takes that are not
-# the REST body.
+# The operation each tool stands for (core.operations declares its tool).
 _OPERATIONS = {op.tool: op.name for op in operations.ALL if op.tool is not None}
-_NOT_BODY = {"list_datasets": (), "describe_dataset": ("name",), "query_dataset": ("name", *_PASS), "sql": (*_PASS,)}
 
 
 def tool_request(name: str, arguments: Mapping[str, Any] | None, authorization: str | None, *,
@@ -98,25 +73,25 @@ def tool_request(name: str, arguments: Mapping[str, Any] | None, authorization: 
     if operation is None:
         return ReadRequest(operation="unknown", route_error=NotFound(f"no such tool: {name[:100]!r}"), **common)
     dataset: str | None = None
-    if "name" in _NOT_BODY[name] and error is None:
+    if "name" in NOT_BODY[name] and error is None:
         dataset = args.get("name")
         if dataset is None or dataset == "":
             dataset, error = None, BadRequest("argument 'name' (a dataset name) is required")
         elif not isinstance(dataset, str):
             dataset, error = None, BadRequest("argument 'name' must be a dataset name (a string)")
     passed: dict[str, str | None] = {}
-    for key in _PASS:
+    for key in PASSED:
         value = args.get(key)
-        if key in _NOT_BODY[name] and value is not None and not isinstance(value, str):
+        if key in NOT_BODY[name] and value is not None and not isinstance(value, str):
             error = error or BadRequest(f"argument {key!r} must be a string")
         passed[key] = value if isinstance(value, str) and value else None
     if operation in ("list", "describe"):
-        unknown = sorted(set(args) - set(_NOT_BODY[name]))
+        unknown = sorted(set(args) - set(NOT_BODY[name]))
         if unknown:  # the form of REST's answer to an unknown body key
-            expected = ", ".join(_NOT_BODY[name]) or "no arguments"
+            expected = ", ".join(NOT_BODY[name]) or "no arguments"
             error = error or BadRequest(f"unknown key {unknown[0]!r} (expected: {expected})")
         return ReadRequest(operation=operation, dataset=dataset, route_error=error, **common)
-    body = {k: v for k, v in args.items() if k not in _NOT_BODY[name]}
+    body = {k: v for k, v in args.items() if k not in NOT_BODY[name]}
     return ReadRequest(operation=operation, dataset=dataset, body=_json(body).encode(), route_error=error,
                        work_unit=passed["work_unit"], approval_id=passed["approval_id"], **common)
 
@@ -154,15 +129,30 @@ def tool_result(answer: Answer) -> types.CallToolResult:
 
 def _called(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
     """Who called, for the record: the HTTP request carrying the MCP message (its peer, or a trusted proxy's
-    X-Forwarded-For; its User-Agent and traceparent)."""
+    X-Forwarded-For; its User-Agent and traceparent, else the message's own `_meta.traceparent`), and the
+    request id its answer carries (the first call's; transports/http.py Exchange)."""
     scope = getattr(ctx.request, "scope", None)
     if not isinstance(scope, dict) or "app" not in scope:
-        return {}
-    return _fields(caller.from_scope(scope, scope["app"].state.proxies))
+        return {"request_id": new_request_id()}
+    who = caller.from_scope(scope, scope["app"].state.proxies)
+    meta = ctx.meta.get("traceparent") if isinstance(ctx.meta, Mapping) else None
+    if who.trace_id is None and isinstance(meta, str):
+        trace, parent, flags = caller.trace_parent(meta)
+        who = replace(who, trace_id=trace, parent_span=parent, trace_flags=flags)
+    return {"request_id": exchange(scope).call_id(), **_fields(who)}
+
+
+def _answered(ctx: ServerRequestContext[Any, Any], answer: Answer) -> Answer:
+    """The core's answer, its traceparent kept for the HTTP answer the SDK sends (transports/http.py stamped)."""
+    scope = getattr(ctx.request, "scope", None)
+    if isinstance(scope, dict):
+        exchange(scope).answered(answer.headers)
+    return answer
 
 
 def _fields(who: caller.Caller) -> dict[str, Any]:
-    return {"client": who.client, "user_agent": who.user_agent, "trace_id": who.trace_id}
+    return {"client": who.client, "user_agent": who.user_agent, "trace_id": who.trace_id,
+            "parent_span": who.parent_span, "trace_flags": who.trace_flags}
 
 
 def _authorization(ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -180,9 +170,8 @@ def build_server(gateway: Gateway, *, sql_enabled: bool = False, max_body_bytes:
     async def list_tools(ctx: ServerRequestContext[Any, Any],
                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         # Only the tools this agent may use: the data tools only if it may read at least one dataset.
-        answer = await gateway.handle(ReadRequest(request_id=new_request_id(), operation="list",
-                                                  authorization=_authorization(ctx), transport="mcp",
-                                                  **_called(ctx)))
+        answer = _answered(ctx, await gateway.handle(ReadRequest(operation="list", authorization=_authorization(ctx),
+                                                                 transport="mcp", **_called(ctx))))
         if answer.status != 200 or answer.payload is None:
             return types.ListToolsResult(tools=[])
         tools = [LIST_TOOL]
@@ -194,11 +183,12 @@ def build_server(gateway: Gateway, *, sql_enabled: bool = False, max_body_bytes:
                         params: types.CallToolRequestParams) -> types.CallToolResult:
         req = tool_request(params.name, params.arguments, _authorization(ctx), sql=sql,
                            max_body_bytes=max_body_bytes)
-        return tool_result(await gateway.handle(replace(req, **_called(ctx))))
+        return tool_result(_answered(ctx, await gateway.handle(replace(req, **_called(ctx)))))
 
     # The schemas are fixed: given here, the SDK's check of Mcp-Param-* headers (protocol 2026-07-28) does not
     # call list_tools, which would ask the core and leave a second record for one tool call.
-    server: Server[Any] = Server("agentgate", on_list_tools=list_tools, on_call_tool=call_tool,
+    server: Server[Any] = Server("agentgate", version=__version__, title="agentgate", description=DESCRIPTION,
+                                 instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool,
                                  get_tool_input_schema=lambda name: TOOLS[name].input_schema if name in TOOLS else None)
     server.middleware.append(RecordRefusedCalls(gateway))
     return server
@@ -229,11 +219,11 @@ class RecordRefusedCalls:
                 recorded: str | None = _json(params)
             except RecursionError:
                 recorded = None
-            answer = await self.gateway.handle(ReadRequest(
-                request_id=new_request_id(), operation=_OPERATIONS.get(name, "unknown") if isinstance(name, str)
+            answer = _answered(ctx, await self.gateway.handle(ReadRequest(
+                operation=_OPERATIONS.get(name, "unknown") if isinstance(name, str)
                 else "unknown", authorization=_authorization(ctx), transport="mcp", recorded_query=recorded,
                 **_called(ctx),
-                route_error=BadRequest("a tools/call takes the tool's name (a string) and its arguments (an object)")))
+                route_error=BadRequest("a tools/call takes the tool's name (a string) and its arguments (an object)"))))
             payload = dict(answer.payload or {})
             message = str(payload.get("error", {}).get("message", ""))
             raise MCPError(code=INVALID_PARAMS, message=message, data=payload) from None
@@ -288,7 +278,7 @@ class McpEndpoint:
                 await raw_json(answer.status, _refusal(answer, body), refused.request_id, answer.headers)(
                     scope, receive, send)
                 return
-        request_id = new_request_id()
+        request_id = exchange(scope).call_id()
         answer = await gateway.handle(ReadRequest(request_id=request_id, operation="list", body_too_large=too_large,
                                                   authorization=authorization, transport="mcp",
                                                   **_fields(caller.from_scope(scope, state.proxies))))
@@ -328,7 +318,8 @@ def _unreadable_call(body: bytes, authorization: str | None, scope: Scope) -> Re
         recorded = None
     name = params.get("name") if isinstance(params, dict) else None
     return ReadRequest(
-        request_id=new_request_id(), operation=_OPERATIONS.get(name, "unknown") if isinstance(name, str) else "unknown",
+        request_id=exchange(scope).call_id(),
+        operation=_OPERATIONS.get(name, "unknown") if isinstance(name, str) else "unknown",
         authorization=authorization, transport="mcp", recorded_query=recorded,
         route_error=BadRequest("the call cannot be read: it holds a lone surrogate (a \\ud800-\\udfff escape not "
                                "in a pair) or is nested too deeply"),

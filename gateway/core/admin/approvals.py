@@ -7,17 +7,26 @@ import json
 from gateway.auth import Agent
 from gateway.common import inputs
 from gateway.common.errors import BadRequest, NotFound
+from gateway.core.schemas import Param, whole
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
 from gateway.policy import Policy
 from gateway.services import approvals
 
 APPROVALS_PAGE, MAX_APPROVALS_PAGE = 100, 1000  # approvals listed per page: by default, and at most
+# What list_approvals reads from the query string (any other parameter is a 400), and the id in a decision's path.
+LIST_PARAMS = (
+    Param("status", {"type": "string", "enum": [*approvals.STATUSES, "all"], "default": "pending"},
+          "the approvals in this state"),
+    Param("limit", {**whole(1, MAX_APPROVALS_PAGE), "default": APPROVALS_PAGE}, "approvals per page"),
+    Param("before", {"type": "string", "maxLength": 64}, "the `next` of the previous page"),
+)
+PATH_ID = Param("id", {"type": "string", "maxLength": 64}, "the approval's id (approval_id of the 202)", at="path")
 
 
 async def list_approvals(services: Services, req: ReadRequest, agent: Agent, policy: Policy,
                          trace: Trace) -> Result:
-    unknown = sorted(set(req.params) - {"status", "limit", "before"})
+    unknown = sorted(set(req.params) - {p.name for p in LIST_PARAMS})
     if unknown:
         raise BadRequest(f"unknown parameter {unknown[0][:60]!r} (expected status, limit, before)")
     status = req.params.get("status") or "pending"

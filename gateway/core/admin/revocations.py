@@ -8,6 +8,7 @@ from typing import Any
 from gateway.auth import Agent
 from gateway.common import inputs
 from gateway.common.errors import BadRequest, Forbidden, NotFound
+from gateway.core.schemas import TEXT, Param, maybe, whole
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
 from gateway.policy import Policy
@@ -29,10 +30,23 @@ async def revoke(services: Services, req: ReadRequest, agent: Agent, policy: Pol
     return 201, {"id": stored.id, "already_revoked": not created, "created_at": stored.created_at}
 
 
+# The body as JSON Schema (the OpenAPI document's): what _target takes. No NUL in a text (the pattern), nor a lone
+# surrogate (no JSON Schema states it): no token can carry such a name, no store can hold it.
+BODY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {"agent": {**TEXT, "minLength": 1, "description": "every token of this agent"},
+                   "jti": {**TEXT, "minLength": 1, "description": "one token: its jti claim"},
+                   "reason": {**maybe(TEXT), "description": "kept with the revocation"}},
+    "oneOf": [{"required": ["agent"]}, {"required": ["jti"]}],
+    "examples": [{"agent": "payroll-bot", "reason": "leaked token"}],
+}
+PATH_ID = Param("id", whole(0, inputs.MAX_INT32), "the revocation's id", at="path")
+
+
 def _target(raw: bytes | None) -> tuple[str, str, str | None]:
     """What a revocation's body names: ("agent" or "jti", the subject, the reason)."""
     body = _json_body(raw)
-    unknown = sorted(set(body) - {"agent", "jti", "reason"})
+    unknown = sorted(set(body) - set(BODY_SCHEMA["properties"]))
     if unknown:
         raise BadRequest(f"unknown key {unknown[0]!r} (expected agent or jti, and reason)")
     targets = [(k, body[k]) for k in ("agent", "jti") if k in body]

@@ -13,12 +13,32 @@ from gateway.auth import Agent
 from gateway.common import inputs
 from gateway.common.clock import now, parse_time
 from gateway.common.errors import BadRequest, NotFound, Unavailable
+from gateway.core.schemas import TEXT, TIME, Param, whole
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
 from gateway.policy import Policy
 
 MAX_AUDIT_PAGE = 1000
-_FILTERS = {"agent", "dataset", "decision", "since", "until", "limit", "work_unit", "on_behalf_of", "cursor"}
+# What the trail's readers take from the query string (any other parameter is a 400), and the id in a path.
+FILTER_PARAMS = (
+    Param("agent", TEXT, "an agent's records (the token's subject)"),
+    Param("dataset", TEXT, "a dataset's records"),
+    Param("decision", {"type": "string", "enum": list(audit.DECISIONS)}, "records of this decision"),
+    Param("since", TIME, "records at or after this time (ISO 8601)"),
+    Param("until", TIME, "records before this time (ISO 8601)"),
+    Param("limit", {**whole(1, MAX_AUDIT_PAGE), "default": 100}, "records per page, newest first"),
+    Param("work_unit", TEXT, "a work unit's records (X-Work-Unit)"),
+    Param("on_behalf_of", TEXT, "records of reads for this person (the token's on_behalf_of)"),
+    Param("cursor", whole(0, inputs.MAX_WHOLE), "the next_cursor of the previous page"),
+)
+_FILTERS = frozenset(p.name for p in FILTER_PARAMS)
+EXPORT_PARAMS = (Param("format", {"type": "string", "enum": ["jsonl", "csv"], "default": "jsonl"},
+                       "JSON lines or CSV"), *FILTER_PARAMS)
+VERIFY_PARAMS = (Param("incremental", {"type": "boolean", "default": False},
+                       "check only the records added since the last check (1/true, 0/false)"),)
+ACTIVITY_PARAMS = (Param("since", TIME, "from (default: a day before `until`)"),
+                   Param("until", TIME, "to (default: now)"))
+PATH_ID = Param("id", whole(0, inputs.MAX_WHOLE), "the record's id", at="path")
 
 
 def _audit_filter(params: Mapping[str, str]) -> tuple[audit.AuditFilter, int]:

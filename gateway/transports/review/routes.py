@@ -32,7 +32,7 @@ from gateway.common.textsafe import multiline
 from gateway.core.pipeline import Gateway
 from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
-from gateway.transports.http import new_request_id, read_body
+from gateway.transports.http import exchange, read_body
 from gateway.transports.review import chart
 
 COOKIE = "agentgate_review"
@@ -107,12 +107,16 @@ class Refused(Exception):
 async def _call(request: Request, token: str, operation: str, params: Mapping[str, str]) -> tuple[str, Answer]:
     """One request through the one read path, as the signed-in reviewer, recorded with transport web."""
     gateway: Gateway = request.app.state.gateway
-    request_id = new_request_id()
+    # The page's X-Request-Id and traceparent are its first call's (a page view may make several).
+    ex = exchange(request.scope)
+    request_id = ex.call_id()
     who = caller.from_scope(request.scope, request.app.state.proxies)
     answer = await gateway.handle(ReadRequest(request_id=request_id, operation=operation,
                                               authorization=f"Bearer {token}", transport="web",
                                               params=dict(params), client=who.client, user_agent=who.user_agent,
-                                              trace_id=who.trace_id))
+                                              trace_id=who.trace_id, parent_span=who.parent_span,
+                                              trace_flags=who.trace_flags))
+    ex.answered(answer.headers)
     return request_id, answer
 
 
