@@ -26,6 +26,7 @@ class AuditFilter:
     until: dt.datetime | None = None
     work_unit: str | None = None
     on_behalf_of: str | None = None
+    trace_id: str | None = None  # the W3C trace id a request joined (its answer's traceparent names it)
     before_id: int | None = None  # paging, newest first
 
 
@@ -47,6 +48,8 @@ def _where(stmt: Any, f: AuditFilter) -> Any:
         stmt = stmt.where(c.work_unit == f.work_unit)
     if f.on_behalf_of is not None:
         stmt = stmt.where(c.on_behalf_of == f.on_behalf_of)
+    if f.trace_id is not None:
+        stmt = stmt.where(c.trace_id == f.trace_id)
     if f.before_id is not None:
         stmt = stmt.where(c.id < f.before_id)
     return stmt

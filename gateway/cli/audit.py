@@ -14,7 +14,7 @@ from gateway.cli import arguments, identity
 from gateway.cli.arguments import Parser, Subcommands
 from gateway.cli.exits import EXIT_FAULT, EXIT_OK, EXIT_USAGE
 from gateway.cli.retry import read_only
-from gateway.common import clock
+from gateway.common import clock, tracing
 from gateway.common.textsafe import terminal
 from gateway.config import Settings
 
@@ -30,6 +30,7 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
     al.add_argument("--until", help="ISO 8601 time")
     al.add_argument("--work-unit", type=arguments.text)
     al.add_argument("--on-behalf-of", type=arguments.text)
+    al.add_argument("--trace-id", type=_trace_id, help=TRACE_ID_HELP)
     al.add_argument("--limit", type=arguments.int_in(0, 10**9), default=100)
     al.add_argument("--json", action="store_true")
     av = a.add_parser("verify", parents=[common], help="check the hash chain, the anchor and the checkpoints")
@@ -43,6 +44,18 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
     ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
     ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
     ae.add_argument("--since", help="ISO 8601 time")
+    ae.add_argument("--trace-id", type=_trace_id, help=TRACE_ID_HELP)
+
+
+TRACE_ID_HELP = "a trace's records: its W3C trace id (32 lowercase hex digits, as the answer's traceparent names it)"
+
+
+def _trace_id(value: str) -> str:
+    """An argparse type: a W3C trace id as records keep it (else exit 2, one line)."""
+    if not tracing.is_trace_id(value):
+        raise argparse.ArgumentTypeError("takes a W3C trace id: 32 lowercase hex digits, the second part of a "
+                                         "traceparent (00-<trace id>-<span id>-<flags>)")
+    return value
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,7 +129,8 @@ async def _read(engine: Any, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.audit_command == "list":
         f = audit.AuditFilter(agent=args.agent, dataset=args.dataset, decision=args.decision, since=since,
-                              until=until, work_unit=args.work_unit, on_behalf_of=args.on_behalf_of)
+                              until=until, work_unit=args.work_unit, on_behalf_of=args.on_behalf_of,
+                              trace_id=args.trace_id)
         records = await audit.list_records(engine, f, limit=max(1, args.limit))
         if args.json:
             print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -127,7 +141,7 @@ async def _read(engine: Any, args: argparse.Namespace) -> int:
     # Read on a terminal, a CSV export is escaped like every listing (each record a line); to a file or a
     # pipe it is written exact. JSON lines escape control characters themselves.
     shown = args.format == "csv" and out.isatty()
-    async for line in audit.export_lines(engine, args.format, audit.AuditFilter(since=since)):
+    async for line in audit.export_lines(engine, args.format, audit.AuditFilter(since=since, trace_id=args.trace_id)):
         out.write(terminal(line.removesuffix("\r\n")) + "\n" if shown else line)
     out.flush()
     return EXIT_OK

@@ -13,6 +13,7 @@ tracer is set, and a stage pays a None check (`spanned`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ AUTHENTICATE, DECIDE, SOURCE_READ, AUDIT_WRITE = "authenticate", "decide", "sour
 SAMPLED = "01"
 # The exporter `configure` names when only an OTLP endpoint is set: the one agentgate[otel] installs.
 OTLP_HTTP = "otlp_proto_http"
+# A trace id as W3C writes it and every audit record keeps it: 16 bytes as 32 lowercase hex digits.
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 _tracer: Tracer | None = None  # set by configure() or use(); None: ids only, no spans
 
@@ -53,6 +56,11 @@ class RequestSpan:
     def traceparent(self) -> str:
         """This span as the parent (version 00): the answer's `traceparent` header, and an HTTP source's."""
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+
+def is_trace_id(text: str) -> bool:
+    """Whether `text` is a trace id as a record keeps one: what the trail may be searched for by `trace_id`."""
+    return TRACE_ID.fullmatch(text) is not None
 
 
 def begin(operation: str, trace_id: str | None, parent_id: str | None, flags: str | None) -> RequestSpan:

@@ -2,7 +2,8 @@
 
 One route per path of the admin operations (core.operations, in their order). A path's `{id}` is its
 operation's parameter, else a GET's query string is; a method no operation of the path takes is answered by
-the path's last operation (405, naming its method), through the core, so it leaves a record.
+the path's last operation (405, its Allow naming every method the path's operations take), through the core, so
+it leaves a record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.transports.data import ALL_METHODS, handle
 def _route(path: str, served: list[tuple[Operation, HttpRoute]]) -> Route:
     by_method = {http.method: (op.name, http.method) for op, http in served}
     otherwise = by_method[served[-1][1].method]
+    allow = tuple(by_method)
     takes_id = "{id}" in path
 
     async def endpoint(request: Request) -> Response:
@@ -28,7 +30,7 @@ def _route(path: str, served: list[tuple[Operation, HttpRoute]]) -> Route:
             params = {"id": request.path_params["id"]}
         elif method == "GET":
             params = dict(request.query_params)
-        return await handle(request, name, method, params=params)
+        return await handle(request, name, method, params=params, allow=allow)
 
     return Route(path, endpoint, methods=ALL_METHODS)
 

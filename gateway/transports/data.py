@@ -5,7 +5,7 @@ refused through the core all the same, so it leaves a record."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -36,13 +36,16 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 async def handle(request: Request, operation: str, method: str, dataset: str | None = None,
-                 params: dict[str, str] | None = None, route_error: GatewayError | None = None) -> Response:
-    """Build the ReadRequest for any route (data or admin) and send back the core's answer unchanged."""
+                 params: dict[str, str] | None = None, route_error: GatewayError | None = None,
+                 allow: Sequence[str] = ()) -> Response:
+    """Build the ReadRequest for any route (data or admin) and send back the core's answer unchanged. `allow`:
+    every method the path serves (its operations in the registry), when it serves more than `method`."""
     gateway: Gateway = request.app.state.gateway
     request_id = exchange(request.scope).call_id()  # the record's id is the answer's X-Request-Id
     if request.method != method:
-        route_error = MethodNotAllowed(f"{request.method} is not allowed here; use {method}",
-                                       headers={"Allow": method})
+        methods = list(allow) or [method]  # RFC 9110: Allow names every method the resource takes
+        route_error = MethodNotAllowed(f"{request.method} is not allowed here; use {' or '.join(methods)}",
+                                       headers={"Allow": ", ".join(methods)})
     elif operation == "unknown":
         route_error = NotFound(f"no such endpoint: {request.url.path}")
     body, too_large = (None, False)

@@ -10,15 +10,17 @@ from collections.abc import AsyncIterator, Mapping
 from gateway import audit
 from gateway.audit import integrity
 from gateway.auth import Agent
-from gateway.common import inputs
+from gateway.common import inputs, tracing
 from gateway.common.clock import now, parse_time
 from gateway.common.errors import BadRequest, NotFound, Unavailable
-from gateway.core.schemas import TEXT, TIME, Param, whole
+from gateway.core.schemas import TEXT, TIME, Param, Schema, whole
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
 from gateway.policy import Policy
 
 MAX_AUDIT_PAGE = 1000
+TRACE_ID: Schema = {"type": "string", "pattern": f"^{tracing.TRACE_ID.pattern}$",
+                    "description": "32 lowercase hex digits (traceparent: 00-<trace id>-<span id>-<flags>)"}
 # What the trail's readers take from the query string (any other parameter is a 400), and the id in a path.
 FILTER_PARAMS = (
     Param("agent", TEXT, "an agent's records (the token's subject)"),
@@ -29,6 +31,7 @@ FILTER_PARAMS = (
     Param("limit", {**whole(1, MAX_AUDIT_PAGE), "default": 100}, "records per page, newest first"),
     Param("work_unit", TEXT, "a work unit's records (X-Work-Unit)"),
     Param("on_behalf_of", TEXT, "records of reads for this person (the token's on_behalf_of)"),
+    Param("trace_id", TRACE_ID, "a trace's records: its W3C trace id, as the answer's traceparent header names it"),
     Param("cursor", whole(0, inputs.MAX_WHOLE), "the next_cursor of the previous page"),
 )
 _FILTERS = frozenset(p.name for p in FILTER_PARAMS)
@@ -62,9 +65,12 @@ def _audit_filter(params: Mapping[str, str]) -> tuple[audit.AuditFilter, int]:
     texts = [k for k in ("agent", "dataset", "work_unit", "on_behalf_of") if k in p and not inputs.holdable(p[k])]
     if texts:  # no record holds such a text (the trail stores U+FFFD for them): nothing to search for
         raise BadRequest(f"{texts[0]!r} may not hold NUL characters or lone surrogates")
+    if "trace_id" in p and not tracing.is_trace_id(p["trace_id"]):
+        raise BadRequest("'trace_id' is a W3C trace id: 32 lowercase hex digits, the second part of a traceparent "
+                         "header (00-<trace id>-<span id>-<flags>)")
     f = audit.AuditFilter(agent=p.get("agent"), dataset=p.get("dataset"), decision=p.get("decision"), since=since,
                           until=until, work_unit=p.get("work_unit"), on_behalf_of=p.get("on_behalf_of"),
-                          before_id=before_id)
+                          trace_id=p.get("trace_id"), before_id=before_id)
     return f, limit
 
 

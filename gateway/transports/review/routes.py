@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.common import tracing
 from gateway.common.textsafe import multiline
 from gateway.core.pipeline import Gateway
 from gateway.core.types import Answer, ReadRequest
@@ -39,7 +40,7 @@ COOKIE = "agentgate_review"
 COOKIE_PATH = "/admin"
 PAGE_SIZE = 50
 MAX_FORM_BYTES = 16 * 1024
-FILTERS = ("agent", "dataset", "decision", "since", "until", "work_unit", "on_behalf_of")
+FILTERS = ("agent", "dataset", "decision", "since", "until", "work_unit", "on_behalf_of", "trace_id")
 DECISIONS = ("allow", "deny", "pending", "error")
 # What a JWT (or any token a cookie can carry unquoted) is made of.
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
@@ -260,9 +261,11 @@ async def record(request: Request, token: str) -> Response:
             owners.append((ds.name, ds.owner))
     # The chain's last verdict, kept in memory by this process (this view itself was authorised by the core).
     chain = request.app.state.gateway.chain.status()
+    trace_id = rec.get("trace_id")  # its trace's other records, by the trail's trace_id filter
+    trace_url = f"/admin/?{urlencode({'trace_id': trace_id})}" if trace_id and tracing.is_trace_id(trace_id) else None
     return _render(request, "record.html", record=rec, json_fields=("query", "columns", "masked"),
                    mono_fields=("request_id", "response_sha256", "prev_hash", "hash", "token_id", "trace_id"),
-                   owners=owners, chain=chain, checked=None)
+                   owners=owners, chain=chain, checked=None, trace_url=trace_url)
 
 
 @signed_in
