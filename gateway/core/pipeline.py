@@ -79,9 +79,12 @@ class Gateway:
                                  sources=sources, http_sources=http_sources or {}, cursors=cursors,
                                  approval_ttl=approval_ttl, approval_max_pending=approval_max_pending)
 
-    def admit(self, agent: Agent) -> None:
+    async def admit(self, agent: Agent) -> None:
         """After the token verified: refuse a subject that names a role (401; roles are not agents, see
-        policy.role_names) and a revoked agent or token (403). Every way in calls this, through handle."""
+        policy.role_names) and a revoked agent or token (403). Every way in calls this, through handle. A view
+        of the revocations not proven current this instant (a busy loop) is first waited for, briefly, not taken
+        for a lost store."""
+        await self.revocations.wait_current()
         policy = self.policies.current
         if policy is not None and agent.name in policy.roles:
             raise Unauthenticated("the token's subject names a role, not an agent",
@@ -140,8 +143,7 @@ class Gateway:
                 raise TooLarge("the request body is over the size limit")
             trace.agent = agent = await tracing.spanned(trace.span, tracing.AUTHENTICATE,
                                                         self.auth.authenticate(req.authorization))
-            await self.revocations.wait_current()  # at once, unless the view's last proof is too old
-            self.admit(agent)
+            await self.admit(agent)
             if req.route_error is not None:
                 raise req.route_error
             if header_fault is not None:

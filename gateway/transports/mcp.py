@@ -265,10 +265,7 @@ class McpEndpoint:
         if not too_large:
             try:
                 agent = await gateway.auth.authenticate(authorization)
-                # As Gateway.handle does: a view not proven current this instant (a busy loop) is waited for
-                # briefly, not taken for a lost store; else this call would fall to the refusal below.
-                await gateway.revocations.wait_current()
-                gateway.admit(agent)  # the core's own check after the token: a role's name, a revocation
+                await gateway.admit(agent)  # the core's own check after the token: a role's name, a revocation
             except GatewayError:
                 pass
             else:
