@@ -257,7 +257,9 @@ def test_a_prune_during_a_walk_is_no_break(gateway_for: Callable[[float], TestCl
     total = 30_000
 
     async def fill(engine: AsyncEngine) -> None:
-        trail = AuditTrail(engine)
+        # Setup, not the thing tested: 30,000 records queued at once on a loaded CI machine outlast the default
+        # 2 s write timeout (each record's deadline starts when it is queued), so this trail waits longer.
+        trail = AuditTrail(engine, write_timeout=300)
         await trail.start()
         await asyncio.gather(*(trail.record(AuditRecord(
             time=start + dt.timedelta(seconds=i), request_id=f"r{i}", action="read", decision="allow", status=200))
