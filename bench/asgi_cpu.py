@@ -6,6 +6,7 @@ latency. It covers everything the gateway does per read but the HTTP server (uvi
 
     python bench/asgi_cpu.py                   # 3 rounds of 3,000 reads at concurrency 1 and 32
     python bench/asgi_cpu.py --reads 5000 --rounds 5
+    python bench/asgi_cpu.py --log-format json 2>/dev/null   # with serve's logging: the access log on
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import read_path as rp  # the same databases, workspace and tokens as the read-path bench
 
 from gateway.app import create_app
-from gateway.config import load_settings
+from gateway.config import LogSettings, load_settings
+from gateway.transports import accesslog
 
 
 async def one_read(app: Any, token: str) -> int:
@@ -59,6 +61,7 @@ async def measure(app: Any, tokens: list[str], reads: int, concurrency: int) -> 
 
     cpu = time.process_time()
     await asyncio.gather(*(caller(tokens[i % len(tokens)]) for i in range(concurrency)))
+    accesslog.flush()  # the access lines still pending (--log-format) counted in the round
     return (time.process_time() - cpu) / (per_caller * concurrency) * 1e6
 
 
@@ -90,7 +93,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="log as `serve` does, in this [log] format, to stderr: one access line per read")
     args = parser.parse_args()
+    if args.log_format:
+        import logging.config
+
+        from gateway.cli import logs
+
+        logging.config.dictConfig(logs.uvicorn_config("info", LogSettings(format=args.log_format)))
     import uvloop
 
     uvloop.run(run(args))

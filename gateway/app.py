@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from connectors.base import HttpSource, TableSource
-from gateway.audit import AuditTrail, ChainWatch, Checkpointer
+from gateway.audit import AuditTrail, ChainWatch, Checkpointer, Streams
 from gateway.auth import Authenticator
 from gateway.common import tracing
 from gateway.common.metrics import Metrics
@@ -33,7 +33,7 @@ from gateway.services.reloader import PolicyReloader, load_checked_policy
 from gateway.services.revocations import Registry
 from gateway.sources.opening import check_tables, open_http_sources, open_sources
 from gateway.store import StoreSync, create_tables, make_store_engine, shared_secret
-from gateway.transports import admin, data, openapi, ops, wellknown
+from gateway.transports import accesslog, admin, data, openapi, ops, wellknown
 from gateway.transports import mcp as mcp_server
 from gateway.transports.caller import TrustedProxies
 from gateway.transports.http import stamped
@@ -52,6 +52,12 @@ class GatewayApp(Starlette):
     serving = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # one access line each, and its request named in every line logged meanwhile
+            await accesslog.logged(self._serve, self.state, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = data.query_route(scope)
         if scope["type"] == "http":  # a 401 says where to sign in (transports/wellknown.py)
             send = wellknown.challenging(scope, self.state, send)
@@ -98,6 +104,7 @@ def create_app(settings: Settings, *, watch_policy: bool = True, wait_for_store:
             gc.freeze()
 
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(accesslog.flush)  # the access lines still pending, last: after every request
             stack.callback(metrics.close)
             stack.push_async_callback(store.dispose)
             stack.callback(gc.unfreeze)
@@ -148,7 +155,9 @@ async def _start(state: State, settings: Settings, stack: contextlib.AsyncExitSt
                             http_sources=http_sources, cursors=cursors, metrics=metrics, revocations=revocations,
                             store=store, checkpoint_key=key, approval_ttl=settings.approvals.ttl_seconds,
                             chain=chain, approval_max_pending=settings.approvals.max_pending_per_agent,
-                            refusals=refusals)
+                            refusals=refusals, streams=Streams(settings.audit.stream_max,
+                                                               settings.audit.stream_max_seconds,
+                                                               settings.audit.stream_heartbeat_seconds))
     # The MCP session manager: one per app start, run for as long as the app is.
     state.mcp = mcp_manager = mcp_server.session_manager(
         state.gateway, settings.server.max_body_bytes, sql_enabled=settings.sql.enabled)

@@ -134,7 +134,7 @@ def test_the_quickstart_runs_on_loopback_with_the_demo_secret(tmp_path: Path,
                                  "--config", str(config)], capture_output=True, text=True, env=env(), timeout=60)
         assert minted.returncode == 0, minted.stderr
         r = httpx.get(f"{base}/v1/datasets", headers={"Authorization": f"Bearer {minted.stdout.strip()}"})
-        assert r.status_code == 200 and [d["name"] for d in r.json()["datasets"]] == ["customers"]
+        assert r.status_code == 200 and [d["name"] for d in r.json()["datasets"]] == ["customers", "help_articles"]
     assert log.read_text().count("the JWT secret is the shipped demo one") == 1
 
 

@@ -344,6 +344,7 @@ def test_records_from_before_the_upgrade_keep_verifying(tmp_path: Path, sqlite_s
                     agent="support-bot", dataset="customers", query='{"limit": 1}', rows=1, transport="http"))
             await trail.close()
             async with engine.begin() as conn:
+                await conn.execute(text("DROP INDEX ix_audit_trace_id"))  # the release before had none
                 for column in NEW_FIELDS:
                     await conn.execute(text(f'ALTER TABLE audit DROP COLUMN "{column}"'))
         finally:

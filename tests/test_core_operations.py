@@ -6,6 +6,7 @@ import pytest
 from starlette.routing import Route
 
 from gateway.core import operations
+from gateway.core.admin import stream
 from gateway.core.operations import ALL, OPERATIONS, SERVED
 from gateway.transports import admin, data, mcp
 
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.unit
 ACTIONS = {"list": "list", "describe": "describe", "query": "read", "proxy": "read", "sql": "read",
            "revoke": "revoke", "restore": "restore", "list_revocations": "list_revocations",
            "read_audit": "read_audit", "audit_record": "read_audit", "audit_verify": "verify_audit",
-           "audit_activity": "read_audit", "audit_export": "export_audit", "list_approvals": "list_approvals",
+           "audit_activity": "read_audit", "audit_export": "export_audit", "audit_review": "read_audit",
+           "audit_stream": "follow_audit",
+           "list_approvals": "list_approvals",
            "approve": "approve", "deny_approval": "deny", "prune": "prune", "reload": "reload"}
 
 
@@ -34,7 +37,8 @@ def test_served_operations_have_a_handler_and_the_command_lines_have_none() -> N
 
 def test_admin_operations_carry_their_permission_and_data_operations_none() -> None:
     for op in ALL:
-        if op.http is not None and op.http.path.startswith("/admin/"):
+        web_only = op.handler is not None and op.http is None and op.tool is None  # the review page's view
+        if (op.http is not None and op.http.path.startswith("/admin/")) or web_only:
             assert op.permission is not None and op.permission[0].startswith("admin:"), op.name
             assert op.permission[1] in ("read", "write")
         else:
@@ -42,6 +46,7 @@ def test_admin_operations_carry_their_permission_and_data_operations_none() -> N
     assert OPERATIONS["revoke"].permission == ("admin:revocations", "write")
     assert OPERATIONS["list_revocations"].permission == ("admin:revocations", "write")
     assert OPERATIONS["audit_export"].permission == ("admin:audit", "read")
+    assert OPERATIONS["audit_stream"].permission == stream.PERMISSION == ("admin:audit", "read")
     assert OPERATIONS["list_approvals"].permission == ("admin:approvals", "read")
     assert OPERATIONS["deny_approval"].permission == ("admin:approvals", "write")
 
@@ -55,7 +60,8 @@ def test_the_http_routes_are_the_registrys_in_route_order() -> None:
                                    "/v1/datasets/{name}/proxy/{path:anypath}", "/v1/sql", "/v1/{rest:anypath}"]
     assert _paths(admin.routes) == [
         "/admin/v1/revocations", "/admin/v1/revocations/{id}", "/admin/v1/audit", "/admin/v1/audit/verify",
-        "/admin/v1/audit/activity", "/admin/v1/audit/export", "/admin/v1/audit/{id}", "/admin/v1/approvals",
+        "/admin/v1/audit/activity", "/admin/v1/audit/export", "/admin/v1/audit/stream", "/admin/v1/audit/{id}",
+        "/admin/v1/approvals",
         "/admin/v1/approvals/{id}/approve", "/admin/v1/approvals/{id}/deny", "/admin/v1/{rest:anypath}"]
     served = {op.http.path for op in ALL if op.http is not None}
     assert served == set(_paths(data.routes) + _paths(admin.routes)) - {"/v1/{rest:anypath}",

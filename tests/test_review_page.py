@@ -2,7 +2,8 @@
 
 Fast tests drive it in-process with the TestClient; one end-to-end test runs
 `agentgate serve` and signs in with headless Chromium (Debian's /usr/bin/chromium
-driven by Playwright), then saves a screenshot to tests/artifacts/review-page.png.
+driven by Playwright) at 1366x768, then saves screenshots to ARTIFACTS (see
+tests/test_review_browser.py for the charts, filters and paging in the browser).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -29,7 +32,10 @@ from tests.serving import serving
 
 pytestmark = pytest.mark.integration
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+# Screenshots of the browser tests: $AGENTGATE_ARTIFACTS/review, else test-artifacts/review in the repository
+# (git-ignored); .ci/run prints where they are.
+ARTIFACTS = Path(os.environ.get("AGENTGATE_ARTIFACTS") or Path(__file__).parent.parent / "test-artifacts") / "review"
+SCREEN = (1366, 768)  # a common laptop screen: the page must fit it without scrolling sideways
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -72,6 +78,20 @@ def trail_rows(html: str) -> list[tuple[str, list[str]]]:
     parser = Rows()
     parser.feed(html.split('<table class="trail">', 1)[1])
     return [r for r in parser.rows if r[0].startswith("decision-")]
+
+
+def ranking_rows(html: str, table: str) -> list[tuple[str, list[int]]]:
+    """A ranking's rows: (the whole name, from its title; [allowed, denied, failed, pending])."""
+    if f'<table class="ranking" id="{table}">' not in html:
+        return []  # no reads: the card says so
+    body = html.split(f'<table class="ranking" id="{table}">', 1)[1].split("</table>", 1)[0]
+    rows = []
+    for row in re.findall(r"<tr class=\"(?:named|other)\">(.*?)</tr>", body, re.S):
+        name = re.search(r'<th scope="row" title="([^"]*)"', row)
+        assert name, row
+        counts = [int(n.replace(",", "")) for n in re.findall(r'<td class="num n[^"]*">([\d,]+)</td>', row)]
+        rows.append((unescape(name.group(1)), counts))
+    return rows
 
 
 def make_reads(client: TestClient) -> None:
@@ -204,22 +224,28 @@ def test_the_dashboard_shows_the_chain_the_chart_and_the_records(client: TestCli
     assert re.search(r"last full check: [\d-]+ [\d:]+ UTC, \d+ records \(1\u2013\d+\), intact", html)
     assert "chain verified" not in html
     assert 'class="status ok"' in html
-    # The chart: an inline SVG with a legend naming the agents, and the refused count.
-    assert '<svg class="chart"' in html and 'role="img"' in html
+    # The chart: an inline SVG, allowed reads above the line and refused ones below it, with a legend; the
+    # readers ranked by allowed reads, their refusals apart.
+    assert '<svg class="timeline"' in html and 'role="img"' in html
     legend = html.split('class="legend"', 1)[1].split("</ul>", 1)[0]
-    for name in ("support-bot", "analyst-bot", "(unauthenticated)", "refused"):
+    for name in ("allowed", "denied", "failed", "pending approval"):
         assert name in legend
-    assert re.search(r"<strong>5</strong> reads", html) and re.search(r"<strong>3</strong> refused", html)
+    assert re.search(r"<strong>5</strong> reads: <strong>2</strong> allowed", html)
+    assert re.search(r"<strong>3</strong> refused</span> \(2 denied, 1 failed, 0 pending approval\)", html)
+    # Ties by name; no allowed read ranks last, however many refused.
+    assert ranking_rows(html, "by-agent") == [("analyst-bot", [1, 0, 1, 0]), ("support-bot", [1, 1, 0, 0]),
+                                              ("(unauthenticated)", [0, 1, 0, 0])]
+    assert ranking_rows(html, "by-dataset") == [("customers", [2, 1, 1, 0]), ("orders", [0, 1, 0, 0])]
     # The table: semantic, newest first, denials and errors marked by class and by a text badge.
-    assert "<caption" in html and '<th scope="col">Agent</th>' in html
+    assert "<caption" in html and '<th scope="col">Agent</th>' in html and '<th scope="col">Work unit</th>' in html
     rows = trail_rows(html)
     ids = [int(cells[0]) for _, cells in rows]
     assert ids == sorted(ids, reverse=True)
     denied = [cells for cls, cells in rows if cls == "decision-deny" and cells[2] == "support-bot"]
-    assert len(denied) == 1 and denied[0][4] == "read" and denied[0][5] == "orders"
-    assert "DENIED" in denied[0][6]
+    assert len(denied) == 1 and denied[0][5] == "read" and denied[0][6] == "orders"
+    assert "DENIED" in denied[0][7] and "no policy line grants this" in denied[0][11]
     failed = [cells for cls, cells in rows if cls == "decision-error"]
-    assert failed and "ERROR" in failed[0][6] and failed[0][2] == "analyst-bot"
+    assert failed and "ERROR" in failed[0][7] and failed[0][2] == "analyst-bot" and failed[0][4] == "TICKET-7"
     assert [cells for cls, cells in rows if cls == "decision-deny" and cells[2] == "(unauthenticated)"]
     assert any(cells[3] == "jane@example.com" for _, cells in rows)
     assert f'<a href="/admin/records/{ids[0]}"' in html
@@ -258,20 +284,43 @@ def test_views_check_what_was_added_and_a_full_check_walks_every_record(client: 
 
 
 @pytest.mark.unit
-def test_the_chart_keeps_the_busiest_agents_and_counts_the_refused() -> None:
-    series = {f"bot-{i}": [i, 0, 1] for i in range(10)}
-    c = chart.build({"since": "2026-01-31T00:00:00.000000Z", "until": "2026-01-31T03:00:00.000000Z",
-                     "bucket_seconds": 3600.0, "series": series, "refused": [2, 0, 1]})
-    assert [e.name for e in c.legend][:3] == ["bot-9", "bot-8", "bot-7"]
-    assert c.legend[-1].name == "4 other agents" and c.legend[-1].total == sum(i + 1 for i in range(4))
-    assert len(c.legend) == len(chart.PALETTE)
-    assert c.total == sum(sum(v) for v in series.values()) and c.refused == 3
-    assert [t.label for t in c.x_ticks] == ["00:00", "01:00", "02:00"]
-    assert [r.label for r in c.refused_counts] == ["2", "1"]
-    tallest = max(b.y for b in c.bars if b.title.startswith("bot-9"))
-    assert c.top <= tallest < c.baseline
-    assert chart.build({"since": "2026-01-31T00:00:00Z", "until": "2026-01-31T03:00:00Z", "series": {},
-                        "refused": []}).total == 0
+def test_the_timeline_draws_allowed_above_the_line_and_refused_below_on_one_scale() -> None:
+    slots = [{"allow": 40, "deny": 0, "error": 0, "pending": 0}, {"allow": 0, "deny": 10, "error": 5, "pending": 1},
+             {"allow": 0, "deny": 0, "error": 0, "pending": 0}]
+    t = chart.timeline({"since": "2026-01-31T00:00:00.000000Z", "until": "2026-01-31T03:00:00.000000Z",
+                        "bucket_seconds": 3600.0, "over_time": slots})
+    assert t.bucket_label == "1 h" and [x.label for x in t.x_ticks] == ["00:00", "01:00", "02:00"]
+    up = [b for b in t.bars if b.colour == chart.ALLOWED_COLOUR]
+    down = [b for b in t.bars if b.colour != chart.ALLOWED_COLOUR]
+    assert len(up) == 1 and up[0].y + up[0].height == pytest.approx(t.zero, abs=0.02)  # rises from the zero line
+    assert [b.title.split(" from ")[0] for b in down] == ["10 denied", "5 failed", "1 pending approval"]
+    assert down[0].y == pytest.approx(t.zero, abs=0.01) and all(b.y >= t.zero - 0.01 for b in down)  # hangs below it
+    assert down[1].y == pytest.approx(down[0].y + down[0].height, abs=0.02)  # stacked
+    # One scale: 40 allowed is four times as tall as 10 denied.
+    assert up[0].height == pytest.approx(4 * down[0].height, abs=0.05)
+    assert t.zero < t.bottom <= t.height and t.up_ticks[0].label == "0"
+    empty = chart.timeline({"since": "2026-01-31T00:00:00Z", "until": "2026-01-31T03:00:00Z", "over_time": []})
+    assert empty.bars == []
+
+
+@pytest.mark.unit
+def test_a_ranking_puts_refused_left_and_allowed_right_and_sums_the_rest() -> None:
+    long_name = "agent-" + "x" * 100
+    part = {"top": [{"name": "busy", "allow": 90, "deny": 3, "error": 0, "pending": 0},
+                    {"name": None, "allow": 0, "deny": 120, "error": 0, "pending": 0},
+                    {"name": long_name, "allow": 1, "deny": 0, "error": 2, "pending": 1}],
+            "others": {"groups": 7, "allow": 30, "deny": 1, "error": 0, "pending": 0}}
+    r = chart.ranking(part, "agents")
+    assert [row.name for row in r.rows] == ["busy", "(unauthenticated)", long_name, "7 other agents"]
+    assert r.rows[2].shown == long_name[: chart.NAME_CHARS - 1] + "\u2026" and r.rows[3].other
+    busy, unauthenticated = r.rows[0], r.rows[1]
+    assert (busy.allowed, busy.refused, unauthenticated.allowed, unauthenticated.refused) == (90, 3, 0, 120)
+    right = [s for s in busy.segments if s.colour == chart.ALLOWED_COLOUR]
+    left = [s for s in unauthenticated.segments if s.colour != chart.ALLOWED_COLOUR]
+    assert right[0].x == r.centre and left[0].x + left[0].width == pytest.approx(r.centre)
+    assert left[0].width == pytest.approx(r.centre - 2)  # the widest bar of either side fills its half
+    assert right[0].width == pytest.approx(left[0].width * 90 / 120)  # one scale for both sides
+    assert chart.ranking({"top": [], "others": {"groups": 0}}, "datasets").rows == []
 
 
 def test_filters_narrow_the_table_and_the_exports(client: TestClient) -> None:
@@ -301,13 +350,18 @@ def test_older_pages_follow_the_cursor(client: TestClient) -> None:
     first = client.get("/admin/", params={"agent": "support-bot"}).text
     rows = trail_rows(first)
     assert len(rows) == 50
-    older = re.search(r'href="(/admin/\?agent=support-bot&amp;cursor=\d+)" rel="next"', first)
-    assert older
+    older = re.search(r'href="(/admin/\?agent=support-bot&amp;before=(\d+))" rel="next"', first)
+    assert older and int(older.group(2)) == int(rows[-1][1][0])
     second = client.get(older.group(1).replace("&amp;", "&")).text
     more = trail_rows(second)
     assert more and int(more[0][1][0]) < int(rows[-1][1][0])
     assert all(cells[2] == "support-bot" for _, cells in more)
     assert "« Newest" in second
+    newer = re.search(r'href="(/admin/\?agent=support-bot&amp;after=(\d+))" rel="prev"', second)
+    assert newer and int(newer.group(2)) == int(more[0][1][0])
+    assert trail_rows(client.get(newer.group(1).replace("&amp;", "&")).text) == rows
+    # A link from before keyset paging both ways (?cursor=) still leads to the same older page.
+    assert trail_rows(client.get("/admin/", params={"agent": "support-bot", "cursor": older.group(2)}).text) == more
 
 
 def test_text_from_the_trail_is_escaped(client: TestClient) -> None:
@@ -358,19 +412,22 @@ def test_csv_export_downloads_the_filtered_trail(client: TestClient) -> None:
     assert r.status_code == 400 and "jsonl or csv" in r.text
 
 
-def test_every_page_view_is_authorised_and_audited_as_web(client: TestClient) -> None:
+def test_every_page_view_is_authorised_and_audited_as_web_once(client: TestClient) -> None:
     sign_in(client)
     client.get("/admin/")
+    client.get("/admin/", params={"agent": "support-bot", "decision": "deny", "dataset": ""})
     rid = trail(client, agent="support-bot")[0]["id"]
     client.get(f"/admin/records/{rid}")
     client.get("/admin/export", params={"format": "csv"})
-    web = [r for r in trail(client, agent="alice") if r["transport"] == "web"]
-    actions = [r["action"] for r in web]
-    assert actions.count("read_audit") >= 4  # sign-in, the table, the activity chart, the record
-    assert "verify_audit" in actions and "export_audit" in actions
+    web = [r for r in reversed(trail(client, agent="alice")) if r["transport"] == "web"]
+    # Sign-in, two views of the trail (table, charts and the chain's check in one request each), a record, an
+    # export: one record each, and each names what was viewed.
+    assert [(r["action"], json.loads(str(r["query"]))) for r in web] == [
+        ("read_audit", {"limit": "1"}), ("read_audit", {}),
+        ("read_audit", {"agent": "support-bot", "decision": "deny"}), ("read_audit", {"id": str(rid)}),
+        ("export_audit", {"format": "csv"})]
     assert all(r["decision"] == "allow" for r in web)
-    detail = next(r for r in web if r["action"] == "read_audit" and json.loads(str(r["query"])) == {"id": str(rid)})
-    assert detail["rows"] == 1
+    assert web[2]["rows"] == 1 and web[3]["rows"] == 1
 
 
 def test_a_revoked_reviewer_is_signed_out_on_the_next_page(client: TestClient) -> None:
@@ -437,7 +494,7 @@ def test_end_to_end_in_headless_chromium(tmp_path: Path, sqlite_source: str) -> 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
                 page.set_default_timeout(10_000)
                 page.goto(f"{base}/admin/")
                 expect(page.get_by_role("heading", name="Sign in to review the audit trail")).to_be_visible()
@@ -458,8 +515,9 @@ def test_end_to_end_in_headless_chromium(tmp_path: Path, sqlite_source: str) -> 
                 colour = denied.evaluate("el => getComputedStyle(el).backgroundColor")
                 assert colour not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
                 expect(page.locator("table.trail tbody tr.decision-error")).to_have_count(1)
-                expect(page.locator("svg.chart")).to_be_visible()
-                ARTIFACTS.mkdir(exist_ok=True)
+                expect(page.locator("svg.timeline")).to_be_visible()
+                assert page.evaluate("document.documentElement.scrollWidth") <= SCREEN[0]
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
 
                 page.get_by_label("Decision").select_option("deny")
@@ -471,6 +529,8 @@ def test_end_to_end_in_headless_chromium(tmp_path: Path, sqlite_source: str) -> 
                 row = page.locator("table.fields tr", has=page.locator("th", has_text=re.compile("^hash$")))
                 expect(row.locator("td")).to_have_text(re.compile(r"^\s*[0-9a-f]{64}\s*$"))
                 expect(page.locator("table.fields")).to_contain_text("no policy line grants this")
+                expect(page.locator("#decided-by")).to_contain_text("no policy rule decided it")
+                assert page.evaluate("document.documentElement.scrollWidth") <= SCREEN[0]
                 page.screenshot(path=str(ARTIFACTS / "review-record.png"), full_page=True)
 
                 page.get_by_role("button", name="Sign out").click()

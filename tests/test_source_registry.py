@@ -31,11 +31,12 @@ ACCEPTED = {
     "sqlite+aiosqlite:///source.db": True,
     "http://api.example.com/v1": False,
     "https://api.example.com": False,
+    "file:.": False,  # a directory (relative to the config's folder) whose files answer GETs
 }
 
 
-def test_the_schemes_are_the_sql_backends_and_http() -> None:
-    assert sorted(SCHEMES) == ["http", "https", "mariadb", "mysql", "postgresql", "sqlite"]
+def test_the_schemes_are_the_sql_backends_http_and_files() -> None:
+    assert sorted(SCHEMES) == ["file", "http", "https", "mariadb", "mysql", "postgresql", "sqlite"]
     for scheme, opener in SCHEMES.items():
         assert (opener.tables is None) != (opener.http is None), scheme
 

@@ -1,8 +1,8 @@
 """The `agentgate` command: `main` is the console script's entry point (`gateway.cli:main`).
 
 Each subcommand calls the same services as the gateway. parser.py builds the arguments, one module per command
-group adds its own and runs them (serve, check, tokens, revocations, reload, approvals, audit, usage); the exit
-codes are exits.py's.
+group adds its own and runs them (serve, check, explain, tokens, revocations, reload, approvals, audit, usage);
+the exit codes are exits.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.cli import approvals, audit, check, logs, reload, revocations, serve, tokens, usage
+from gateway.cli import approvals, audit, check, explain, logs, reload, revocations, serve, tokens, usage
 from gateway.cli.exits import EXIT_FAULT, EXIT_OK, EXIT_USAGE
 from gateway.cli.parser import build_parser
 from gateway.common.errors import ConfigError
@@ -26,7 +26,7 @@ __all__ = ["main"]
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": serve.run, "check": check.run, "token": tokens.run, "revoke": revocations.run,
     "restore": revocations.run, "reload": reload.run, "approvals": approvals.run, "approve": approvals.run,
-    "deny": approvals.run, "audit": audit.run, "usage": usage.run,
+    "deny": approvals.run, "audit": audit.run, "usage": usage.run, "explain": explain.run,
 }
 
 

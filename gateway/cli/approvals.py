@@ -30,10 +30,10 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
                       help="every approval: also approved and denied ones, and no limit unless --limit is given")
     apll.add_argument("--limit", type=arguments.int_in(1, 2**31 - 1), default=None,
                       help=f"at most N, the newest (default {APPROVALS_SHOWN}; with --all, every one)")
-    apll.add_argument("--json", action="store_true")
+    apll.add_argument("--json", action="store_true", help="the approvals as a JSON array")
     for verb in ("approve", "deny"):
         dv = sub.add_parser(verb, parents=[common], help=f"{verb} a pending approval")
-        dv.add_argument("approval_id", metavar="ID", type=arguments.text)
+        dv.add_argument("approval_id", metavar="ID", type=arguments.text, help="the approval's id (approvals list)")
         dv.add_argument("--by", required=True, type=arguments.decider,
                         help="the person deciding (recorded as approved_by, with the operating-system user)")
 

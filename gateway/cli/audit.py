@@ -23,16 +23,16 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
     a = sub.add_parser("audit", parents=[common], help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=Parser)
     al = a.add_parser("list", parents=[common], help="read the trail, newest first")
-    al.add_argument("--agent", type=arguments.text)
-    al.add_argument("--dataset", type=arguments.text)
-    al.add_argument("--decision", choices=["allow", "deny", "pending", "error"])
+    al.add_argument("--agent", type=arguments.text, help="only this agent's records")
+    al.add_argument("--dataset", type=arguments.text, help="only the records naming this dataset")
+    al.add_argument("--decision", choices=["allow", "deny", "pending", "error"], help="only records with this decision")
     al.add_argument("--since", help="ISO 8601 time")
     al.add_argument("--until", help="ISO 8601 time")
-    al.add_argument("--work-unit", type=arguments.text)
-    al.add_argument("--on-behalf-of", type=arguments.text)
+    al.add_argument("--work-unit", type=arguments.text, help="only this unit of work's records (X-Work-Unit)")
+    al.add_argument("--on-behalf-of", type=arguments.text, help="only records of reads for this person")
     al.add_argument("--trace-id", type=_trace_id, help=TRACE_ID_HELP)
-    al.add_argument("--limit", type=arguments.int_in(0, 10**9), default=100)
-    al.add_argument("--json", action="store_true")
+    al.add_argument("--limit", type=arguments.int_in(0, 10**9), default=100, help="at most N records, the newest")
+    al.add_argument("--json", action="store_true", help="the records as a JSON array, exact (not escaped)")
     av = a.add_parser("verify", parents=[common], help="check the hash chain, the anchor and the checkpoints")
     av.add_argument("--checkpoint", action="append", default=[], metavar="TOKEN",
                     help="a checkpoint kept elsewhere (from `audit checkpoint` or the log); repeatable")
@@ -42,9 +42,13 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
     ap.add_argument("--dry-run", action="store_true", help="say how many records would be deleted; change nothing")
     ap.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
     ae = a.add_parser("export", parents=[common], help="the trail as JSON lines or CSV, to stdout")
-    ae.add_argument("--format", choices=["jsonl", "csv"], required=True)
+    ae.add_argument("--format", choices=["jsonl", "csv"], required=True, help="JSON lines or CSV (RFC 4180)")
     ae.add_argument("--since", help="ISO 8601 time")
     ae.add_argument("--trace-id", type=_trace_id, help=TRACE_ID_HELP)
+    ae.add_argument("--follow", action="store_true",
+                    help="keep going: print each new record as it commits (JSON lines only), until SIGINT/SIGTERM")
+    ae.add_argument("--after", type=arguments.int_in(0, 2**63 - 1), default=0, metavar="ID",
+                    help="only records with ids above ID: resume where the last run's last line left off")
 
 
 TRACE_ID_HELP = "a trace's records: its W3C trace id (32 lowercase hex digits, as the answer's traceparent names it)"
@@ -59,6 +63,16 @@ def _trace_id(value: str) -> str:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.audit_command == "export" and args.follow:
+        if args.format != "jsonl":  # a CSV header and rows that never end are no file a spreadsheet opens
+            print("agentgate: --follow writes JSON lines only: use --format jsonl", file=sys.stderr)
+            return EXIT_USAGE
+        # read_only may run it again only before its first line: once following, the follower keeps the store's
+        # errors to itself (gateway/cli/follow.py) and never starts over.
+        try:
+            return read_only(lambda: asyncio.run(_audit(settings, args)))
+        except KeyboardInterrupt:  # a ^C before the follower took the signal over: nothing half-written
+            return EXIT_OK
     if args.audit_command in ("list", "export", "verify"):
         return read_only(lambda: asyncio.run(_audit(settings, args)))
     return asyncio.run(_audit(settings, args))
@@ -137,11 +151,17 @@ async def _read(engine: Any, args: argparse.Namespace) -> int:
         else:
             _print_table(records)
         return EXIT_OK
+    # No filter at all when none is asked for: an unfiltered follower checks that each record links to the last.
+    chosen = audit.AuditFilter(since=since, trace_id=args.trace_id) if since or args.trace_id else None
+    if args.follow:
+        from gateway.cli import follow
+
+        return await follow.follow(engine, args.after, chosen)
     out = sys.stdout
     # Read on a terminal, a CSV export is escaped like every listing (each record a line); to a file or a
     # pipe it is written exact. JSON lines escape control characters themselves.
     shown = args.format == "csv" and out.isatty()
-    async for line in audit.export_lines(engine, args.format, audit.AuditFilter(since=since, trace_id=args.trace_id)):
+    async for line in audit.export_lines(engine, args.format, chosen, after=args.after):
         out.write(terminal(line.removesuffix("\r\n")) + "\n" if shown else line)
     out.flush()
     return EXIT_OK

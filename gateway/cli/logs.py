@@ -1,35 +1,69 @@
-"""How the command logs: one format, in lines agent input cannot break or fake (SafeFormatter), set up alike in
-the command's own process and, through uvicorn's logging config, in every `serve` worker."""
+"""How the command logs: in the form [log] format names (common/logformat.py: `text`, lines agent input cannot
+break or fake, or `json`, one object a line for a collector), set up alike in the command's own process and,
+through uvicorn's logging config, in every `serve` worker, uvicorn's own lines included."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import sys
 from typing import Any
 
-from gateway.common.textsafe import SafeFormatter
+from gateway.common.logformat import JsonFormatter, TextFormatter
+from gateway.config import LogSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure() -> None:
-    """The command's own process: INFO and up, to stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))  # agent input in a log line cannot break or fake lines
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+def configure(log: LogSettings | None = None, level: str = "info") -> None:
+    """The command's own process: `level` and up, to stderr, in [log] format (text until the config is read)."""
     logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs the whole model at INFO on every load
+    root = logging.getLogger()
+    # As logging.basicConfig: a host that set up logging itself (a test run, a program calling main()) keeps its
+    # own. Ours, set up earlier in this process (text until the config is read), is replaced.
+    if any(h not in _installed for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    # Agent input in a log line can neither break nor fake lines, in either form.
+    handler.setFormatter(JsonFormatter() if log is not None and log.format == "json" else TextFormatter(LOG_FORMAT))
+    for old in _installed:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    _installed[:] = [handler]
+    root.setLevel(level.upper())
 
 
-def uvicorn_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging plus the gateway's own loggers at --log-level. uvicorn applies it in every
+_installed: list[logging.Handler] = []  # the handler configure() put on the root logger, if any
+
+
+def say(line: str, level: int = logging.WARNING) -> None:
+    """One line for whoever runs the command, on stderr: as it is where the log is text, as a log line (logger
+    `agentgate`) where it is JSON, so that a collector reads every line as one object."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("agentgate").log(level, line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def uvicorn_config(level: str, log: LogSettings | None = None) -> dict[str, Any]:
+    """uvicorn's logging plus the gateway's own loggers at `level`, in [log] format. uvicorn applies it in every
     worker process too, which the parent's basicConfig does not reach (--workers N lost every line)."""
     from uvicorn.config import LOGGING_CONFIG
 
+    log = log or LogSettings()
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["gateway"] = {"()": "gateway.common.textsafe.SafeFormatter", "fmt": LOG_FORMAT}
-    config["formatters"]["default"]["()"] = "gateway.common.textsafe.uvicorn_formatter"  # uvicorn's lines too
+    if log.format == "json":  # uvicorn's own lines (its start, its errors) one JSON object each too
+        config["formatters"] = {name: {"()": "gateway.common.logformat.JsonFormatter"}
+                                for name in ("gateway", "default", "access")}
+    else:
+        config["formatters"]["gateway"] = {"()": "gateway.common.logformat.TextFormatter", "fmt": LOG_FORMAT}
+        config["formatters"]["default"]["()"] = "gateway.common.textsafe.uvicorn_formatter"  # uvicorn's lines too
     config["handlers"]["gateway"] = {"class": "logging.StreamHandler", "formatter": "gateway",
                                      "stream": "ext://sys.stderr"}
     config["root"] = {"handlers": ["gateway"], "level": level.upper()}
     config["loggers"]["casbin"] = {"level": "WARNING"}  # it logs the whole model at INFO on every load
+    # On (INFO, the level its lines are written at) with [log] access at level info or debug; else off (WARNING).
+    # Set either way: it is off by default (transports/accesslog.py), in a worker too.
+    on = log.access and logging.getLevelName(level.upper()) <= logging.INFO
+    config["loggers"]["agentgate.access"] = {"level": "INFO" if on else "WARNING"}
     return config

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli import approvals, audit, check, reload, revocations, serve, tokens, usage
-from gateway.cli.arguments import Parser
+from gateway.cli import approvals, audit, check, explain, reload, revocations, serve, tokens, usage
+from gateway.cli.arguments import Parser, Version
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,9 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="agentgate.toml (default: $AGENTGATE_CONFIG, else ./agentgate.toml)")
     p = Parser(prog="agentgate", description="A data-access gateway for AI agents.")
+    p.add_argument("--version", action=Version)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     serve.add_parser(sub, common)
     check.add_parser(sub, common)
+    explain.add_parser(sub, common)
     tokens.add_parser(sub, common)
     revocations.add_parser(sub, common)
     reload.add_parser(sub, common)

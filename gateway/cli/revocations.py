@@ -27,10 +27,11 @@ def add_parser(sub: Subcommands, common: Parser) -> None:
         dest="target", required=True, parser_class=Parser)
     for kind, label in (("agent", "NAME"), ("token", "JTI")):
         one = rv.add_parser(kind, parents=[common], help=f"revoke {'an agent' if kind == 'agent' else 'one token'}")
-        one.add_argument("subject", metavar=label, type=arguments.text)
-        one.add_argument("--reason", type=arguments.text)
+        one.add_argument("subject", metavar=label, type=arguments.text,
+                         help="the agent's name (a token's sub)" if kind == "agent" else "the token's id (its jti)")
+        one.add_argument("--reason", type=arguments.text, help="why, kept with the revocation and in the audit record")
         rs.add_parser(kind, parents=[common], help=f"lift the revocation of {label}").add_argument(
-            "subject", metavar=label, type=arguments.text)
+            "subject", metavar=label, type=arguments.text, help=f"the {kind} whose revocation is lifted")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

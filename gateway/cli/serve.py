@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
-import sys
 from typing import Any
 
 from gateway.cli import arguments, groupmetrics, logs
@@ -18,26 +18,32 @@ from gateway.config import Settings
 
 def add_parser(sub: Subcommands, common: Parser) -> None:
     s = sub.add_parser("serve", parents=[common], help="run the gateway")
-    s.add_argument("--host")
-    s.add_argument("--port", type=arguments.int_in(0, 65535))
-    s.add_argument("--workers", type=arguments.int_in(1, 1024), default=1)
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--host", help="the address to listen on (default: [server] host in the config)")
+    s.add_argument("--port", type=arguments.int_in(0, 65535),
+                   help="the port to listen on (default: [server] port in the config)")
+    s.add_argument("--workers", type=arguments.int_in(1, 1024), default=1,
+                   help="worker processes sharing the port and the store")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="the least severe log lines written, to stderr (default: [log] level in the config, else "
+                        "info; this option wins over it)")
     s.add_argument("--wait-for-store", type=arguments.seconds, metavar="SECONDS",
-                   help="start even if the store is not reachable yet: answer 503 until it is, for up to SECONDS")
+                   help="start even if the store is not reachable yet: answer 503 until it is, for up to SECONDS "
+                        "(default: stop at once, exit 3, when the store cannot be reached)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     groupmetrics.forget_inherited()
     from gateway.auth import exposure
 
+    logs.configure(settings.log, _log_level(settings, args))  # from here on every line in [log] format
     host = args.host or settings.server.host
     # The shipped demo secret mints tokens for anyone who reads this repository: this machine only.
     refused = exposure.refusal(settings.auth, host)
     if refused is not None:
-        print(refused, file=sys.stderr)
+        logs.say(refused, logging.ERROR)
         return EXIT_USAGE
     if exposure.uses_demo_secret(settings.auth):
-        print(exposure.WARNING, file=sys.stderr)
+        logs.say(exposure.WARNING)
     # Validate everything before binding the port, so a bad file is one clear line, not a traceback.
     code = asyncio.run(_preflight(settings))
     if code != EXIT_OK:
@@ -50,6 +56,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_level(settings: Settings, args: argparse.Namespace) -> str:
+    """--log-level, else [log] level, else info."""
+    return str(args.log_level or settings.log.level or "info")
+
+
 def _listen(settings: Settings, args: argparse.Namespace, host: str) -> None:
     from gateway.app import create_app
     from gateway.runtime import connections
@@ -60,12 +71,14 @@ def _listen(settings: Settings, args: argparse.Namespace, host: str) -> None:
     connections.raise_open_files()
     room = connections.capacity(settings)
     if room.low:
-        print(f"agentgate: warning: the open-file limit ({room.open_files}) leaves room for {room.max_connections} "
-              f"connections, not [server] max_connections = {room.configured} ({room.reserved} are kept for the "
-              "store and the sources); raise the hard limit (ulimit -Hn, LimitNOFILE=)", file=sys.stderr)
-    options: dict[str, Any] = dict(host=host, port=port, log_level=args.log_level, access_log=False,
+        logs.say(f"agentgate: warning: the open-file limit ({room.open_files}) leaves room for {room.max_connections} "
+                 f"connections, not [server] max_connections = {room.configured} ({room.reserved} are kept for the "
+                 "store and the sources); raise the hard limit (ulimit -Hn, LimitNOFILE=)")
+    level = _log_level(settings, args)
+    # uvicorn's access log off: the gateway's (transports/accesslog.py) is the one line per request.
+    options: dict[str, Any] = dict(host=host, port=port, log_level=level, access_log=False,
                                    proxy_headers=False, timeout_graceful_shutdown=10,
-                                   log_config=logs.uvicorn_config(args.log_level),
+                                   log_config=logs.uvicorn_config(level, settings.log),
                                    limits=connections.bounds(settings, room))
     if args.workers > 1:
         _listen_as_group(settings, args, options)
@@ -101,7 +114,7 @@ async def _preflight(settings: Settings) -> int:
             for source in sources.values():
                 await source.close()
     except ConfigError as exc:
-        print(f"agentgate: {exc}", file=sys.stderr)
+        logs.say(f"agentgate: {exc}", logging.ERROR)
         return EXIT_FAULT
     return EXIT_OK
 
@@ -121,6 +134,6 @@ async def _store_preflight(settings: Settings) -> int:
     except Exception as exc:
         if busy(exc):  # SQLite locked by another process (a replica making the tables): the store is there
             return EXIT_OK
-        print(terminal(unreachable_line(url, exc)), file=sys.stderr)
+        logs.say(terminal(unreachable_line(url, exc)), logging.ERROR)
         return STARTUP_FAILURE
     return EXIT_OK

@@ -15,9 +15,11 @@ from gateway.config import Settings
 
 def add_parser(sub: Subcommands, common: Parser) -> None:
     u = sub.add_parser("usage", parents=[common], help="requests, rows, bytes and source time per unit")
-    u.add_argument("--by", required=True, choices=["agent", "dataset", "work-unit"])
-    u.add_argument("--since", type=arguments.since, help="ISO 8601 time, or 7d / 24h / 30m before now")
-    u.add_argument("--json", action="store_true")
+    u.add_argument("--by", required=True, choices=["agent", "dataset", "work-unit"],
+                   help="one line per agent, dataset or unit of work (X-Work-Unit)")
+    u.add_argument("--since", type=arguments.since,
+                   help="ISO 8601 time, or 7d / 24h / 30m before now (default: the whole trail)")
+    u.add_argument("--json", action="store_true", help="a JSON array instead of a table")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.common.errors import ConfigError
+from gateway.config.filesource import file_source
+from gateway.config.logtable import LOG_KEYS, log_settings
 from gateway.config.reader import Reader
 from gateway.config.settings import (
     ApprovalSettings,
@@ -42,7 +44,7 @@ MAX_LEEWAY_SECONDS = 30.0
 
 # Every key agentgate.toml takes, by table; the README documents each (a test checks).
 CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost", "limits"},
+    "": {"server", "sql", "approvals", "auth", "store", "policy", "sources", "audit", "cost", "limits", "log"},
     "server": {"host", "port", "max_body_bytes", "forwarded_allow_ips", "header_timeout_seconds",
                "body_timeout_seconds", "keep_alive_seconds", "max_connections", "max_header_bytes",
                "public_url"},
@@ -53,9 +55,11 @@ CONFIG_KEYS: dict[str, set[str]] = {
     "auth": {"algorithms", "secret", "public_key_file", "jwks_url", "audience", "issuer", "leeway_seconds",
              "jwks_cache_seconds"},
     "store": {"url"},
-    "audit": {"checkpoint_key", "checkpoint_seconds", "verify_seconds", "min_retention_days", "write_timeout_seconds"},
+    "audit": {"checkpoint_key", "checkpoint_seconds", "verify_seconds", "min_retention_days", "write_timeout_seconds",
+              "stream_max", "stream_max_seconds", "stream_heartbeat_seconds"},
     "policy": {"dir"},
     "cost": {"per_request", "per_1k_rows", "per_source_second"},
+    "log": LOG_KEYS,
     "sources.NAME": {"url", "headers", "seed", "timeout_seconds", "pool_size"},
 }
 
@@ -107,7 +111,8 @@ def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) ->
         _finite(reader, reader.table(data, "server"), f"server.{key}", 1.0)  # a timeout of inf or nan would be none
     sources = _sources(reader, reader.table(data, "sources"), base)
     return Settings(path=path.resolve(), server=server, sql=sql, approvals=approvals, auth=auth,
-                    store=store, policy=policy, sources=sources, audit=audit, cost=cost, limits=limits)
+                    store=store, policy=policy, sources=sources, audit=audit, cost=cost, limits=limits,
+                    log=log_settings(reader, reader.table(data, "log")))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def _audit(reader: Reader, au: dict[str, Any]) -> AuditSettings:
     return AuditSettings(checkpoint_key=Secret(key) if key else None,
                          checkpoint_seconds=float(reader.positive(au, "audit.checkpoint_seconds", 60.0)),
                          verify_seconds=verify_seconds, min_retention_days=_retention(reader, au),
-                         write_timeout_seconds=_write_timeout(reader, au))
+                         write_timeout_seconds=_write_timeout(reader, au), **_streams(reader, au))
 
 
 def _policy(reader: Reader, p: dict[str, Any], base: Path) -> PolicySettings:
@@ -230,6 +235,14 @@ def _write_timeout(reader: Reader, au: dict[str, Any]) -> float:
     if not low <= value <= high:  # nan and inf too
         raise ConfigError(reader.path, "audit.write_timeout_seconds", f"must be from {low:g} to {high:g} seconds")
     return value
+
+
+def _streams(reader: Reader, au: dict[str, Any]) -> dict[str, Any]:
+    """The admin API's streams of the trail: how many at once per process, how long each, the heartbeat."""
+    out = {"stream_max": reader.positive(au, "audit.stream_max", 16)}
+    for key, default in (("stream_max_seconds", 3600.0), ("stream_heartbeat_seconds", 15.0)):
+        out[key] = _finite(reader, au, f"audit.{key}", default)
+    return out
 
 
 def _retention(reader: Reader, au: dict[str, Any]) -> int:
@@ -346,6 +359,8 @@ def _source(reader: Reader, name: str, src: dict[str, Any], base: Path) -> Sourc
         return SourceSettings(name=name, kind="http", url=url.rstrip("/"),
                               headers={k: Secret(v) for k, v in headers.items()},
                               timeout_seconds=timeout, pool_size=pool_size)
+    if url.startswith("file:"):  # a directory whose files answer GETs (connectors/files.py)
+        return file_source(reader, name, src, base, timeout, pool_size)
     if "headers" in src:
         raise ConfigError(reader.path, f"{key}.headers", "only HTTP sources take headers")
     async_url = _sql_url(reader, url, f"{key}.url", base)

@@ -106,6 +106,11 @@ class AuditSettings:
     # the store's pool, connects and, on SQLite, the write lock are waited for): a store silently cut off
     # costs an agent this much, not the TCP timeouts'.
     write_timeout_seconds: float = 2.0
+    # GET /admin/v1/audit/stream (gateway/audit/follow.py: Streams): open at once per process, the longest one
+    # lasts (then it ends cleanly; its client resumes with after=), and the empty line sent while nothing is.
+    stream_max: int = 16
+    stream_max_seconds: float = 3600.0
+    stream_heartbeat_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,15 @@ class CostSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """How `serve` writes its log to stderr (gateway/cli/logs.py): one entry a line, for a person or a collector."""
+
+    format: str = "text"  # "text": a person reads it; "json": one object a line (common/logformat.py)
+    level: str | None = None  # "debug", "info", "warning" or "error"; None: serve --log-level's (info)
+    access: bool = True  # one line per HTTP request (logger agentgate.access, transports/accesslog.py)
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     dir: Path = Path("policies")
 
@@ -131,7 +145,7 @@ class PolicySettings:
 class SourceSettings:
     name: str
     kind: str  # "sql" or "http"
-    url: str  # async SQLAlchemy URL, or http(s) base URL
+    url: str  # async SQLAlchemy URL, http(s) base URL, or file:// and a directory (an HTTP source too)
     headers: Mapping[str, Secret] = field(default_factory=dict)
     seed: Path | None = None  # SQLite only: SQL script that creates the file on first run
     timeout_seconds: float = 10.0
@@ -152,3 +166,4 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     cost: CostSettings = field(default_factory=CostSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    log: LogSettings = field(default_factory=LogSettings)

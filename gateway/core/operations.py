@@ -19,7 +19,7 @@ from typing import Any
 from gateway import sqlmode
 from gateway.auth import Agent
 from gateway.core import query, reads, sqlread
-from gateway.core.admin import approvals, revocations, trail
+from gateway.core.admin import approvals, review, revocations, stream, trail
 from gateway.core.schemas import Param
 from gateway.core.services import Services
 from gateway.core.types import ReadRequest, Result, Trace
@@ -88,8 +88,13 @@ ALL: tuple[Operation, ...] = (
               http=_get("/admin/v1/audit/activity", *trail.ACTIVITY_PARAMS)),
     Operation("audit_export", "export_audit", trail.audit_export, _AUDIT,
               http=_get("/admin/v1/audit/export", *trail.EXPORT_PARAMS)),
+    # The trail as it commits, for a SIEM: the same permission; opening it is recorded (who, from which id).
+    Operation("audit_stream", "follow_audit", stream.audit_stream, _AUDIT,
+              http=_get("/admin/v1/audit/stream", *stream.PARAMS)),
     Operation("audit_record", "read_audit", trail.audit_record, _AUDIT,
               http=_get("/admin/v1/audit/{id}", trail.PATH_ID)),
+    # The review page's view (gateway/transports/review/): no route of its own; one view, one record.
+    Operation("audit_review", "read_audit", review.audit_review, _AUDIT),
     Operation("list_approvals", "list_approvals", approvals.list_approvals, _APPROVALS_READ,
               http=_get("/admin/v1/approvals", *approvals.LIST_PARAMS)),
     Operation("approve", "approve", approvals.approve, _APPROVALS_WRITE,

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import HttpAnswer, HttpSource, TableSource
-from gateway.audit import AuditTrail, ChainWatch
+from gateway.audit import AuditTrail, ChainWatch, Streams
 from gateway.auth import Agent, Authenticator
-from gateway.common import tracing
+from gateway.common import logformat, tracing
 from gateway.common.clock import now
 from gateway.common.errors import (
     ApprovalPending,
@@ -62,7 +62,8 @@ class Gateway:
                  cursors: CursorCodec, metrics: Metrics,
                  revocations: Registry, store: AsyncEngine, checkpoint_key: str | None = None,
                  approval_ttl: int = 3600, chain: ChainWatch | None = None,
-                 approval_max_pending: int | None = 20, refusals: RefusalLimiter | None = None):
+                 approval_max_pending: int | None = 20, refusals: RefusalLimiter | None = None,
+                 streams: Streams | None = None):
         self.auth = authenticator
         # Requests refused before any token verified: limited per client, folded into summaries (ratelimit.py).
         self.refusals = refusals
@@ -77,7 +78,8 @@ class Gateway:
         # What the operations' handlers are handed: they never see the Gateway.
         self.services = Services(store=store, revocations=revocations, meter=self.meter, chain=self.chain,
                                  sources=sources, http_sources=http_sources or {}, cursors=cursors,
-                                 approval_ttl=approval_ttl, approval_max_pending=approval_max_pending)
+                                 approval_ttl=approval_ttl, approval_max_pending=approval_max_pending,
+                                 policies=policies, streams=streams or Streams())
 
     async def admit(self, agent: Agent) -> None:
         """After the token verified: refuse a subject that names a role (401; roles are not agents, see
@@ -97,6 +99,7 @@ class Gateway:
         action = op.action if op is not None else req.operation
         span = tracing.begin(req.operation, req.trace_id, req.parent_span, req.trace_flags)
         trace = Trace(dataset=req.dataset, query=req.recorded_query, span=span)
+        logformat.entered(req.request_id, trace)  # the lines logged meanwhile name its request, agent, dataset
         outcome = await self._outcome(req, op, trace)
         raw = trace.raw if outcome.decision == "allow" else None
         if raw is not None:  # the source's own answer, passed through byte for byte

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import HttpSource, TableSource
-from gateway.audit import ChainWatch
+from gateway.audit import ChainWatch, Streams
 from gateway.core.query import CursorCodec
+from gateway.policy import PolicyHolder
 from gateway.services.meter import Meter
 from gateway.services.revocations import Registry
 
@@ -29,3 +30,6 @@ class Services:
     cursors: CursorCodec
     approval_ttl: int  # seconds an approval holds once given
     approval_max_pending: int | None  # pending approvals an agent may have open at once
+    # The policy in force now, for what outlives its request (a stream of the trail asks again while it runs).
+    policies: PolicyHolder
+    streams: Streams  # the streams of the trail open in this process, and their bounds

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from connectors.base import TableSource
 from gateway import sqlmode
+from gateway.audit import FIELD_MAX
 from gateway.auth import Agent
 from gateway.common import tracing
 from gateway.common.errors import BadRequest, Forbidden
@@ -71,15 +72,40 @@ async def _cleared(policy: Policy, agent: Agent, refs: list[exp.Table], trace: T
     """Every dataset the statement names, each one the agent may read; a schema-qualified name (a raw table, a
     system catalog) is no dataset."""
     datasets: dict[str, Dataset] = {}
-    for ref in refs:
-        name = sqlmode.reference_name(ref)
-        if name is None:  # schema-qualified: a raw table or a system catalog
-            raise Forbidden(access.FORBIDDEN, reason=f"SQL names {ref.sql()[:100]!r}, which is no dataset")
-        if name not in datasets:
-            datasets[name] = await access.readable(policy, agent, name, trace)
+    used: list[str] = []  # the rule that decided each dataset, for the record: all of them, not the last one
+    try:
+        for ref in refs:
+            name = sqlmode.reference_name(ref)
+            if name is None:  # schema-qualified: a raw table or a system catalog
+                raise Forbidden(access.FORBIDDEN, reason=f"SQL names {ref.sql()[:100]!r}, which is no dataset")
+            if name not in datasets:
+                trace.rule = None
+                try:
+                    datasets[name] = await access.readable(policy, agent, name, trace)
+                finally:  # a denial's rule too: the one that refused
+                    if trace.rule is not None:
+                        used.append(f"{name}: {trace.rule}")
+    finally:
+        trace.rule = rules_text(used)
     if not datasets:
         raise BadRequest("the SQL reads no dataset")
     return datasets
+
+
+def rules_text(used: list[str], limit: int = FIELD_MAX["rule"]) -> str | None:
+    """The record's `rule` of a read over several datasets: `name: rule` for each, `; ` between, as many whole
+    entries as fit in `limit` characters and how many more were left out."""
+    text = "; ".join(used)
+    if len(text) <= limit:
+        return text or None
+    kept: list[str] = []
+    for entry in used:
+        tail = f"; and {len(used) - len(kept) - 1} more"
+        if len("; ".join([*kept, entry])) + len(tail) > limit:
+            break
+        kept.append(entry)
+    left = len(used) - len(kept)
+    return "; ".join(kept) + f"; and {left} more" if kept else f"{left} rules, too long to keep"
 
 
 async def _plan(source: TableSource, policy: Policy, agent: Agent, datasets: dict[str, Dataset],

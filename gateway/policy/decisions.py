@@ -31,6 +31,7 @@ class Rule:
     obj: str
     act: str
     eft: str
+    line: int = field(default=0, compare=False)  # its line in policy.csv (0: not read from a file); for explain
 
     def __str__(self) -> str:
         return f"p, {self.sub}, {self.obj}, {self.act}, {self.eft}"

@@ -126,7 +126,7 @@ def _parse_lines(path: Path) -> tuple[list[Rule], list[tuple[str, str]]]:
             sub, obj, act, eft = values
             if eft not in ("allow", "deny"):
                 raise ConfigError(path, where, f"effect must be allow or deny, not {eft!r}")
-            rules.append(Rule(sub, obj, act, eft))
+            rules.append(Rule(sub, obj, act, eft, line=lineno))
         elif kind == "g":
             if len(values) != 2:
                 raise ConfigError(path, where, "a g line is 'g, agent-or-role, role'")

@@ -34,6 +34,9 @@ from gateway.store import meta, notify
 log = logging.getLogger("agentgate.policy")
 
 GENERATION_KEY = "policy_generation"
+# A Kubernetes ConfigMap volume changes no file in place: each file is a symlink through `..data`, and the
+# kubelet swaps every file at once by renaming a new symlink over `..data`. That rename is the only event.
+KUBELET_DATA = "..data"
 
 
 async def load_checked_policy(settings: Settings, sources: Mapping[str, TableSource] | None = None) -> Policy:
@@ -97,7 +100,8 @@ class PolicyReloader:
         folder = self._settings.policy.dir
         async for changes in watchfiles.awatch(folder, stop_event=self._stop, debounce=200, step=50,
                                                recursive=False, rust_timeout=1000):
-            files = sorted({Path(p).name for _, p in changes if Path(p).name in POLICY_FILES})
+            names = {Path(p).name for _, p in changes}
+            files = list(POLICY_FILES) if KUBELET_DATA in names else sorted(names.intersection(POLICY_FILES))
             if files:
                 await self.reload("system:watch", files)
 

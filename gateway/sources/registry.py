@@ -2,7 +2,8 @@
 
 A scheme maps to an Opener that makes either a TableSource (its datasets name a `table`) or an HttpSource (its
 datasets name a `path`). The scheme of a SQL source is its SQLAlchemy URL's backend (`postgresql+asyncpg://` is
-`postgresql`), as gateway/config leaves it after accepting the URL; an HTTP source's is `http` or `https`.
+`postgresql`), as gateway/config leaves it after accepting the URL; an HTTP source's is `http` or `https`, or
+`file` (a directory whose files answer GETs).
 
 A new kind of source is one class offering TableSource or HttpSource (connectors/base.py) and one entry in
 SCHEMES here (and, for a URL agentgate.toml does not take yet, its acceptance in gateway/config). The core never
@@ -14,8 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from connectors.base import HttpSource, TableSource
+from connectors.files import FileSource
 from connectors.http import HttpConnector
 from connectors.sql import SqlConnector, make_engine, seed_sqlite
 from gateway.common.errors import ConfigError
@@ -51,6 +54,12 @@ def open_http(name: str, src: SourceSettings) -> HttpConnector:
                          timeout_seconds=src.timeout_seconds, pool_size=src.pool_size)
 
 
+def open_files(name: str, src: SourceSettings) -> FileSource:
+    """A directory whose files answer GETs; gateway/config made the URL `file://` and the absolute directory."""
+    return FileSource(name, Path(src.url.removeprefix("file://")), timeout_seconds=src.timeout_seconds,
+                      pool_size=src.pool_size)
+
+
 _SQL = Opener(tables=open_sql)
 _HTTP = Opener(http=open_http)
 
@@ -61,6 +70,7 @@ SCHEMES: Mapping[str, Opener] = {
     "sqlite": _SQL,
     "http": _HTTP,
     "https": _HTTP,
+    "file": Opener(http=open_files),
 }
 
 

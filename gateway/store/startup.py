@@ -54,6 +54,7 @@ async def _create_tables(engine: AsyncEngine) -> None:
         await backend_for(engine).lock(conn, TABLES_LOCK)
         await conn.run_sync(metadata.create_all)
         await conn.run_sync(_add_new_columns)
+        await conn.run_sync(_add_new_indexes)
 
 
 def _add_new_columns(conn: Any) -> None:
@@ -67,6 +68,17 @@ def _add_new_columns(conn: Any) -> None:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.execute(text(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)} "
                                   f"ADD COLUMN {conn.dialect.identifier_preparer.format_column(column)} {kind}"))
+
+
+def _add_new_indexes(conn: Any) -> None:
+    """Upgrade a store made by an earlier release: make the indexes it lacks (create_all makes a missing table's
+    indexes only). On a large trail the first start after the upgrade takes the time to build them."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                index.create(conn)
 
 
 async def shared_secret(engine: AsyncEngine, key: str) -> str:

@@ -8,9 +8,13 @@ it leaves a record.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.core import operations
 from gateway.core.operations import HttpRoute, Operation
@@ -30,9 +34,45 @@ def _route(path: str, served: list[tuple[Operation, HttpRoute]]) -> Route:
             params = {"id": request.path_params["id"]}
         elif method == "GET":
             params = dict(request.query_params)
-        return await handle(request, name, method, params=params, allow=allow)
+        response = await handle(request, name, method, params=params, allow=allow)
+        if name in STREAMED and isinstance(response, StreamingResponse):
+            return _Unstalled(response, request.app.state.gateway.services.streams.stall_seconds)
+        return response
 
     return Route(path, endpoint, methods=ALL_METHODS)
+
+
+log = logging.getLogger("agentgate.audit")
+
+STREAMED = frozenset({"audit_stream"})  # long-lived answers: a client that stops reading is cut off
+
+
+class _Unstalled(Response):
+    """A long-lived stream whose every chunk must be taken by the client within `stall` seconds, else the
+    connection is closed: a client that stops reading would otherwise hold its stream (one of the few a process
+    allows, gateway/audit/follow.py: Streams) for ever, the stream's own end waiting on a send that never
+    completes."""
+
+    def __init__(self, inner: StreamingResponse, stall: float):
+        super().__init__(status_code=inner.status_code)
+        self._inner, self._stall = inner, stall
+        inner.headers["X-Accel-Buffering"] = "no"  # nginx: pass each line on as it comes, do not buffer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            async with asyncio.timeout(self._stall):
+                await send(message)
+
+        try:
+            await self._inner(scope, receive, bounded)
+        except TimeoutError:
+            log.warning("a stream's client took nothing for %g s: its connection is closed", self._stall)
+        finally:
+            # However it ended (its time, the client gone, cut off), the stream is closed now, so that what it
+            # holds (its place among the process's streams) is given back at once, not when it is collected.
+            close = getattr(self._inner.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _paths(prefix: str) -> dict[str, list[tuple[Operation, HttpRoute]]]:

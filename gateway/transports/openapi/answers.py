@@ -30,8 +30,9 @@ MEANING = {
     413: "the request body is over the size limit",
     429: "the agent's budget is spent, or too many failed requests from this client (`Retry-After` says when)",
     502: "the source failed (its own error text is never passed on)",
-    503: "the audit record could not be written (no data is served without one), no valid policy, or the "
-         "revocations in force could not be shown current",
+    503: "the audit record could not be written (no data is served without one), no valid policy, the "
+         "revocations in force could not be shown current, or (a stream of the trail) every stream is taken "
+         "(`Retry-After` says when to ask again)",
     504: "the source did not answer in time",
 }
 
@@ -67,6 +68,11 @@ ANSWERS: dict[str, Answer] = {
     "audit_activity": Answer("Reads over time, by agent", 200, _json(schemas.ACTIVITY)),
     "audit_export": Answer("The audit trail for a SIEM or a spreadsheet (every field, oldest first)", 200,
                            {"application/x-ndjson": {"type": "string"}, "text/csv": {"type": "string"}}),
+    "audit_stream": Answer("The audit trail as it is written, for a SIEM: JSON lines (one record a line, oldest "
+                           "first, from the id after `after`), an empty line as a heartbeat; long-lived, it ends "
+                           "cleanly after [audit] stream_max_seconds (resume with after= the last id); 503 with "
+                           "Retry-After when [audit] stream_max streams are open", 200,
+                           {"application/x-ndjson": {"type": "string"}}),
     "audit_record": Answer("One audit record", 200, _json(schemas.ONE_RECORD)),
     "list_approvals": Answer("People's approvals of reads, newest first, a page at a time", 200,
                              _json(schemas.APPROVALS_PAGE)),

@@ -158,6 +158,13 @@ def _responses(op: Operation, http: HttpRoute, answer: Answer, named: _Named) ->
     for status in sorted(refusals):
         out[str(status)] = named.refusal(status)
     if answer.passes_through:
+        # The source's own 4xx answers keep their status (all but 401 and 407, the gateway's credentials refused:
+        # 502), so a refusal documented here may also be the source's answer, in the source's content type.
+        for code, ref in list(out.items()):
+            if code.startswith("4") and code != "401":
+                own = named.responses[ref["$ref"].rsplit("/", 1)[1]]
+                out[code] = {**own, "description": f"{own['description']}; or the source's own answer",
+                               "content": {**own["content"], "*/*": {}}}
         out["default"] = {"description": "the source's own answer, passed through (status, body, content type)",
                           "headers": _headers("X-Request-Id"), "content": {"*/*": {}}}
     return out

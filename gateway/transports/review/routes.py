@@ -1,10 +1,10 @@
 """The security reviewers' page at /admin/: server-rendered HTML, a thin adapter onto the one read path.
 
 Every piece of data shown comes from ``Gateway.handle(ReadRequest(...))`` with the reviewer's
-token from the session cookie, ``transport="web"`` and the admin operations (`read_audit`,
-`audit_record`, `audit_verify`, `audit_activity`, `audit_export`). So authentication,
+token from the session cookie, ``transport="web"`` and the admin operations (`audit_review` for
+the trail's page, `audit_record`, `audit_export`; `read_audit` to sign in). So authentication,
 revocations, policy (`admin:audit` `read`) and the audit record apply to every page view
-exactly as they do to `/admin/v1/`; nothing here reads the store.
+exactly as they do to `/admin/v1/`, one request (one record) per view; nothing here reads the store.
 
 The session is the token itself, held in an HttpOnly, SameSite=Strict cookie scoped to
 /admin. It is checked by the core on every request, so an expired or revoked token, or a
@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from gateway.common import tracing
 from gateway.common.textsafe import multiline
+from gateway.core.admin.review import FILTERS
 from gateway.core.pipeline import Gateway
 from gateway.core.types import Answer, ReadRequest
 from gateway.transports import caller
@@ -38,9 +39,7 @@ from gateway.transports.review import chart
 
 COOKIE = "agentgate_review"
 COOKIE_PATH = "/admin"
-PAGE_SIZE = 50
 MAX_FORM_BYTES = 16 * 1024
-FILTERS = ("agent", "dataset", "decision", "since", "until", "work_unit", "on_behalf_of", "trace_id")
 DECISIONS = ("allow", "deny", "pending", "error")
 # What a JWT (or any token a cookie can carry unquoted) is made of.
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
@@ -190,6 +189,17 @@ def _filters(query: Mapping[str, str]) -> dict[str, str]:
     return {k: query[k].strip() for k in FILTERS if query.get(k, "").strip()}
 
 
+def _beside_rule(record: Mapping[str, Any]) -> str | None:
+    """A record's reason as the table shows it beside its rule: None when it only repeats the rule."""
+    reason, rule = record.get("reason"), record.get("rule")
+    if reason and rule and reason in (f"denied by {rule}", f"allowed by {rule}"):
+        return None
+    return str(reason) if reason else None
+
+
+templates.filters["beside_rule"] = _beside_rule
+
+
 Page = Callable[[Request, str], Awaitable[Response]]
 
 
@@ -214,37 +224,49 @@ def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
 
 @signed_in
 async def dashboard(request: Request, token: str) -> Response:
-    query = request.query_params
-    filters = _filters(query)
-    cursor = query.get("cursor", "").strip()
-    params = {**filters, "limit": str(PAGE_SIZE)}
-    if cursor:
-        params["cursor"] = cursor
-    trail = await _ask(request, token, "read_audit", params)
-    window: dict[str, str] = {k: filters[k] for k in ("since", "until") if k in filters}
-    activity = await _ask(request, token, "audit_activity", window)
-    # Each view checks only what was added since the last check (a full walk on demand); the page says which
-    # records that was, beside the last full check's verdict (run in the background every verify_seconds).
-    full = query.get("full_check") == "1"
-    verify = await _ask(request, token, "audit_verify", {} if full else {"incremental": "1"})
-    next_cursor = trail.get("next_cursor")
+    params = _view_params(request.query_params)
+    filters = {k: params[k] for k in FILTERS if k in params}
+    # One request through the core for the whole view (the page of records, the counts of the same filter's
+    # reads, the chain's check): one audit record per view, naming what was viewed.
+    view = await _ask(request, token, "audit_review", params)
+    records, summary, verify = view["records"], view["summary"], view["chain"]
     return _render(
         request, "dashboard.html",
-        records=trail.get("records", []),
+        records=records,
         filters=filters,
         decisions=DECISIONS,
-        chart=chart.build(activity),
-        window_default=not window,
+        summary=summary,
+        timeline=chart.timeline(summary),
+        legend=chart.keys(summary["totals"]),
+        agents=chart.ranking(summary["agents"], "agents"),
+        datasets=chart.ranking(summary["datasets"], "datasets"),
         chain=verify,
         checked=verify.get("checked"),
         pruned=verify.get("pruned"),  # where the trail starts after a prune, or None
-        paged=bool(cursor),
-        older_url=f"/admin/?{urlencode({**filters, 'cursor': next_cursor})}" if next_cursor else None,
-        newest_url=f"/admin/?{urlencode(filters)}" if filters else "/admin/",
+        paged=bool({"before", "after", "cursor"} & set(params)),
+        **_pager(filters, records, view),
         export_csv=f"/admin/export?{urlencode({'format': 'csv', **filters})}",
         export_jsonl=f"/admin/export?{urlencode({'format': 'jsonl', **filters})}",
-        page_size=PAGE_SIZE,
+        page_size=view["page_size"],
     )
+
+
+def _view_params(query: Mapping[str, str]) -> dict[str, str]:
+    """What the view asks the core for: every parameter with a value (an empty form field is no filter; the core
+    answers 400 for one it does not know), the sign-in page's own left out."""
+    return {k: v.strip() for k, v in query.items() if v.strip() and k != "signed_out"}
+
+
+def _pager(filters: Mapping[str, str], records: list[dict[str, Any]], view: Mapping[str, Any]) -> dict[str, Any]:
+    """The links to the newest page, the page before (newer) and after (older) this one: keyset by record id,
+    each keeping the filters."""
+    def url(**paging: str) -> str:
+        query = urlencode({**filters, **paging})
+        return f"/admin/?{query}" if query else "/admin/"
+
+    return {"newest_url": url(),
+            "newer_url": url(after=str(records[0]["id"])) if view.get("newer") and records else None,
+            "older_url": url(before=str(records[-1]["id"])) if view.get("older") and records else None}
 
 
 @signed_in
