@@ -282,15 +282,6 @@ def test_log_records_are_one_line_whatever_they_carry() -> None:
     assert "Traceback" in lines[-1] and "\\x0a2026-01-01 00:00:00,000 INFO agentgate.core: forged" in lines[-1]
 
 
-@pytest.mark.unit
-def test_uvicorns_lines_escape_too_and_keep_their_colours() -> None:
-    formatter = textsafe.uvicorn_formatter(fmt="%(levelprefix)s %(message)s", use_colors=True)
-    line = formatter.format(logging.makeLogRecord({"levelno": logging.ERROR, "levelname": "ERROR",
-                                                   "msg": "Invalid request: %s", "args": ("\x1b[2K\rforged",)}))
-    assert line.startswith("\x1b[31mERROR\x1b[0m:")  # uvicorn's own colour sequence, the gateway's to write
-    assert line.endswith("Invalid request: \\x1b[2K\\x0dforged") and "\n" not in line
-
-
 def test_a_source_error_quoting_the_agent_is_one_escaped_log_line(tmp_path: Path, pg_source: str) -> None:
     """End to end: `agentgate serve`, an agent's SQL whose literal PostgreSQL quotes back in its error, and the
     log the gateway writes with it."""

@@ -227,7 +227,10 @@ def test_uvicorns_config_in_json_writes_every_line_as_json() -> None:
 def test_uvicorns_config_in_text_and_the_access_log_turned_off() -> None:
     config = uvicorn_config("info", LogSettings(access=False))
     assert isinstance(formatter_of(config["formatters"]["gateway"]), TextFormatter)
-    assert config["formatters"]["default"]["()"] == "gateway.common.textsafe.uvicorn_formatter"
+    uvicorn_line = logging.makeLogRecord({"name": "uvicorn.error", "levelno": logging.ERROR, "levelname": "ERROR",
+                                          "msg": "Invalid request: %s", "args": ("\x1b[2K\rforged\n",)})
+    line = formatter_of(config["formatters"]["default"]).format(uvicorn_line)  # uvicorn's lines: the same shape
+    assert re.fullmatch(r"\S+ \S+ ERROR uvicorn\.error: Invalid request: \\x1b\[2K\\x0dforged\\x0a", line), line
     assert config["loggers"]["agentgate.access"]["level"] == "WARNING"  # above the INFO its lines are written at
     assert uvicorn_config("info") == uvicorn_config("info", LogSettings())
 

@@ -56,8 +56,9 @@ def uvicorn_config(level: str, log: LogSettings | None = None) -> dict[str, Any]
         config["formatters"] = {name: {"()": "gateway.common.logformat.JsonFormatter"}
                                 for name in ("gateway", "default", "access")}
     else:
-        config["formatters"]["gateway"] = {"()": "gateway.common.logformat.TextFormatter", "fmt": LOG_FORMAT}
-        config["formatters"]["default"]["()"] = "gateway.common.textsafe.uvicorn_formatter"  # uvicorn's lines too
+        # uvicorn's own lines (its start, its errors) in the gateway's line too: one shape for a collector to parse.
+        config["formatters"] = {name: {"()": "gateway.common.logformat.TextFormatter", "fmt": LOG_FORMAT}
+                                for name in ("gateway", "default", "access")}
     config["handlers"]["gateway"] = {"class": "logging.StreamHandler", "formatter": "gateway",
                                      "stream": "ext://sys.stderr"}
     config["root"] = {"handlers": ["gateway"], "level": level.upper()}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from typing import Any
 
 USER_AGENT_MAX = 256  # characters of a User-Agent kept in the record
 _KEPT = 200  # of a longer one: its start, then its length and a digest, within USER_AGENT_MAX
@@ -90,17 +89,6 @@ class SafeFormatter(logging.Formatter):
         if record.stack_info:
             out += " | " + terminal(self.formatStack(record.stack_info))
         return out
-
-
-def uvicorn_formatter(**options: Any) -> logging.Formatter:
-    """uvicorn's own formatter (its coloured level prefix kept), escaping like SafeFormatter: for logging's
-    dictConfig (`"()": "gateway.common.textsafe.uvicorn_formatter"`)."""
-    from uvicorn.logging import DefaultFormatter
-
-    class SafeUvicornFormatter(SafeFormatter, DefaultFormatter):
-        pass
-
-    return SafeUvicornFormatter(**options)
 
 
 def cap(text: str | None, limit: int = USER_AGENT_MAX) -> str | None:
