@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import bearer, write_workspace
-from tests.serving import serving
+from tests.serving import free_port, serving
 
 pytestmark = pytest.mark.system
 
@@ -61,3 +61,20 @@ def test_the_log_level_from_the_table_and_the_option_over_it(tmp_path: Path, sql
     loud = objects(tmp_path / "info.log")
     assert any(o["logger"] == "agentgate.access" and o["message"] == "GET /v1/datasets 200" for o in loud)
     assert "Application startup complete." in [o["message"] for o in loud]
+
+
+def test_the_give_up_line_of_wait_for_store_is_json_too(tmp_path: Path, sqlite_source: str) -> None:
+    """`serve --wait-for-store` ends, when the store never comes, with its one line: a JSON object where the log
+    is JSON (a collector reads every line), not plain text among the objects."""
+    from tests.test_attacks_store_unreachable import started  # the served process that may end by itself
+
+    port = free_port()
+    config = write_workspace(tmp_path, source_url=sqlite_source, extra='\n[log]\nformat = "json"\n',
+                             store_url=f"postgresql://postgres@127.0.0.1:{port}/test")
+    log = tmp_path / "serve.log"
+    with started(config, log, "--wait-for-store", "2") as (proc, _):
+        proc.wait(30)
+    assert proc.returncode == 3, log.read_text()
+    found = objects(log)  # every line one JSON object
+    [gave_up] = [o for o in found if "could not be reached within 2 s" in o["message"]]
+    assert gave_up["level"] == "ERROR" and f"127.0.0.1:{port}" in gave_up["message"]

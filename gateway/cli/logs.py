@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from typing import Any
 
-from gateway.common.logformat import JsonFormatter, TextFormatter
+from gateway.common.logformat import JsonFormatter, TextFormatter, say
 from gateway.config import LogSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,16 +32,8 @@ def configure(log: LogSettings | None = None, level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
+__all__ = ["LOG_FORMAT", "configure", "say", "uvicorn_config"]
 _installed: list[logging.Handler] = []  # the handler configure() put on the root logger, if any
-
-
-def say(line: str, level: int = logging.WARNING) -> None:
-    """One line for whoever runs the command, on stderr: as it is where the log is text, as a log line (logger
-    `agentgate`) where it is JSON, so that a collector reads every line as one object."""
-    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
-        logging.getLogger("agentgate").log(level, line)
-    else:
-        print(line, file=sys.stderr)
 
 
 def uvicorn_config(level: str, log: LogSettings | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -233,3 +234,12 @@ class TextFormatter(SafeFormatter):
         if context is not None and context.request_id is not None:
             line += f" request_id={context.request_id}"
         return line
+
+
+def say(line: str, level: int = logging.WARNING) -> None:
+    """One line for whoever runs the command, on stderr: as it is where the log is text, as a log line (logger
+    `agentgate`) where it is JSON, so that a collector reads every line as one object."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("agentgate").log(level, line)
+    else:
+        print(line, file=sys.stderr)

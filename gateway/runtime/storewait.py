@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.common import randomness
+from gateway.common import logformat, randomness
 from gateway.common.errors import error_body
 from gateway.common.textsafe import terminal
 from gateway.store import make_store_engine, metadata, ping
@@ -160,7 +160,8 @@ def give_up(line: str) -> None:
     """The process ends with the one line, at once: nothing that needs the store has started, so nothing is
     lost (no record was written, none is queued); a worker's supervisor takes status 3 as a failed start and
     stops the others."""
-    print(line, file=sys.stderr, flush=True)
+    logformat.say(line, logging.ERROR)  # one JSON object where the log is JSON
+    sys.stderr.flush()
     logging.shutdown()
     os._exit(STARTUP_FAILURE)
 
